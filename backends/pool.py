@@ -1,0 +1,44 @@
+"""All node connections of one proxy worker: per node, one shared connection per protocol.
+
+RESP3 connections are opened only once a RESP3 client shows up, so a deployment of RESP2
+clients (redis-benchmark, redis-cli) holds exactly one connection per node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import trio
+
+from router.nodes import NodeSpec
+
+from .node import NodeConnection, NodeSettings
+
+
+class Backend:
+    """Owns the node connections and the tasks that run them (in the given nursery)."""
+
+    def __init__(self, nodes: Sequence[NodeSpec], settings: NodeSettings,
+                 nursery: trio.Nursery, on_touched: Callable[[list], None]) -> None:
+        self.nodes = list(nodes)
+        self.settings = settings
+        self._nursery = nursery
+        self._on_touched = on_touched
+        self._by_proto: dict[int, list[NodeConnection]] = {}
+
+    def connections(self, proto: int) -> list[NodeConnection]:
+        """The connections for ``proto``, indexed like the node list; opened on first use."""
+        conns = self._by_proto.get(proto)
+        if conns is None:
+            conns = [NodeConnection(node, proto, self.settings, self._on_touched)
+                     for node in self.nodes]
+            for conn in conns:
+                self._nursery.start_soon(conn.run, name=f"node {conn.address} resp{proto}")
+            self._by_proto[proto] = conns
+        return conns
+
+    def all_connections(self) -> list[NodeConnection]:
+        return [conn for conns in self._by_proto.values() for conn in conns]
+
+    def outstanding(self) -> int:
+        return sum(conn.outstanding for conn in self.all_connections())

@@ -1,0 +1,7 @@
+"""``python -m router`` is the ``ringleader`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,207 @@
+"""The ``ringleader`` command: ``up``, ``serve``, ``locate``, ``commands``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from . import __version__
+from .config import (
+    DEFAULT_LISTEN,
+    ConfigError,
+    ProxyConfig,
+    from_node_list,
+    load_toml,
+    load_twemproxy,
+    split_address,
+)
+
+log = logging.getLogger("ringleader")
+
+
+def _config_from_args(args: argparse.Namespace, *, need_listen: bool = True) -> ProxyConfig:
+    sources = [bool(args.nodes), bool(args.config), bool(args.twemproxy)]
+    if sum(sources) != 1:
+        raise ConfigError("give exactly one of --nodes, --config or --twemproxy")
+    if args.nodes:
+        config = from_node_list(args.nodes)
+    elif args.config:
+        config = load_toml(args.config)
+    else:
+        config = load_twemproxy(args.twemproxy, args.pool)
+    overrides = {}
+    if need_listen and getattr(args, "listen", None):
+        split_address(args.listen)
+        overrides["listen"] = args.listen
+    if getattr(args, "requirepass", None):
+        overrides["requirepass"] = args.requirepass
+    if getattr(args, "workers", None):
+        overrides["workers"] = args.workers
+    return config.with_overrides(**overrides)
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", help="comma-separated storage nodes: host:port[:weight] ...")
+    p.add_argument("--config", help="a ringleader TOML file (see docs/configuration.md)")
+    p.add_argument("--twemproxy", metavar="YAML", help="a twemproxy (nutcracker) config file")
+    p.add_argument("--pool", help="which pool of the twemproxy file (default: the only one)")
+
+
+async def run_proxy(config: ProxyConfig, *, announce=None) -> None:
+    """Serve until SIGINT/SIGTERM, then stop accepting, finish in-flight requests, return."""
+    from .server import ProxyServer
+
+    server = ProxyServer(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                await server.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # shut down: stop watching for signals
+
+            await nursery.start(serve)
+            if announce is not None:
+                announce(server)
+            stopping = False
+            async for signum in signals:
+                if stopping:  # a second signal: stop now
+                    log.warning("second %s: exiting at once", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+                stopping = True
+                log.info("received %s: finishing in-flight requests, then exiting",
+                         signal.Signals(signum).name)
+                server.shutdown()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    if config.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(config)
+
+    def announce(server) -> None:
+        host, port = server.address
+        log.info("ringleader %s listening on %s:%d, %d nodes: %s", __version__, host, port,
+                 len(config.nodes), ", ".join(n.address for n in config.nodes))
+
+    trio.run(functools.partial(run_proxy, config, announce=announce))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from backends.local_nodes import ServerNotFound, find_redis_server, port_accepts, start_redis
+
+    host, port = split_address(args.listen)
+    if port_accepts(host, port):
+        print(f"ringleader up: {args.listen} is already in use; pick another with --listen",
+              file=sys.stderr)
+        return 2
+    try:
+        binary = find_redis_server()
+    except ServerNotFound as exc:
+        print(f"ringleader up: {exc}", file=sys.stderr)
+        return 2
+    nodes = []
+    try:
+        for i in range(args.count):
+            wanted = args.base_port + i
+            chosen = None if port_accepts("127.0.0.1", wanted) else wanted
+            nodes.append(start_redis(chosen, binary=binary))
+        config = from_node_list(",".join(n.address for n in nodes), listen=args.listen)
+
+        def announce(server) -> None:
+            print(f"ringleader {__version__}: proxy on {args.listen}, "
+                  f"{len(nodes)} local redis-server nodes: "
+                  + ", ".join(n.address for n in nodes), flush=True)
+            print(f"connect with:  redis-cli -h {host} -p {port}", flush=True)
+            print("press Ctrl-C to stop everything", flush=True)
+
+        trio.run(functools.partial(run_proxy, config, announce=announce))
+    finally:
+        for node in nodes:
+            node.stop()
+        if nodes:
+            print("ringleader up: stopped the proxy and its nodes", flush=True)
+    return 0
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    config = _config_from_args(args, need_listen=False)
+    placement = config.placement()
+    for key in args.keys:
+        index = placement.node_index(key.encode())
+        node = config.nodes[index]
+        label = f" ({node.name})" if node.name else ""
+        print(f"{key}\t{node.address}{label}")
+    return 0
+
+
+def cmd_commands(args: argparse.Namespace) -> int:
+    from .commands import CommandTable
+    from .route_table import RouteTable
+
+    config = from_node_list("127.0.0.1:1")
+    table = RouteTable(CommandTable.default(), config.placement(), ["node"])
+    for name, how in table.describe().items():
+        print(f"{name}\t{how}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringleader", description="A sharding proxy for Redis-protocol storage nodes.")
+    parser.add_argument("--version", action="version", version=f"ringleader {__version__}")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start local redis-server nodes and the proxy in front")
+    up.add_argument("--listen", default=DEFAULT_LISTEN)
+    up.add_argument("--count", type=int, default=3, help="how many nodes (default 3)")
+    up.add_argument("--base-port", type=int, default=7001,
+                    help="first node port (default 7001); busy ports are replaced by free ones")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run the proxy in front of existing nodes")
+    _add_source_options(serve)
+    serve.add_argument("--listen", help=f"address to listen on (default {DEFAULT_LISTEN}, or "
+                       "the twemproxy pool's listen)")
+    serve.add_argument("--requirepass", help="password clients must AUTH with")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port")
+    serve.set_defaults(func=cmd_serve)
+
+    locate = sub.add_parser("locate", help="print the node each key maps to")
+    _add_source_options(locate)
+    locate.add_argument("keys", nargs="+")
+    locate.set_defaults(func=cmd_locate)
+
+    commands = sub.add_parser("commands", help="how every Redis command is served")
+    commands.set_defaults(func=cmd_commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"ringleader: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

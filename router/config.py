@@ -1,0 +1,208 @@
+"""The proxy's configuration: from command-line flags, a TOML file, or a twemproxy YAML.
+
+Every source ends up as one ``ProxyConfig``; ``placement()`` turns it into the key → node
+mapping that the proxy and the library client share.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .nodes import NodeSpec, parse_node_list
+from .placement import Placement
+from .resp import RequestLimits
+from .ring import DEFAULT_POINTS_PER_NODE, VnodeLayout, build_vnode_ring
+
+DEFAULT_LISTEN = "127.0.0.1:7000"
+
+#: ringleader's own placement: virtual nodes on a 64-bit ring.
+VNODES = "vnodes"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_ms: int = 1000
+    #: A node with requests outstanding that answers nothing for this long is declared hung:
+    #: its requests fail with an error naming it and the connection is re-opened.
+    request_ms: int = 2000
+    retry_initial_ms: int = 50
+    retry_max_ms: int = 2000
+    #: On shutdown, how long in-flight requests get to finish.
+    drain_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_clients: int = 10000
+    #: Requests a client may have in flight before the proxy stops reading from it.
+    max_pending: int = 1024
+    max_bulk_bytes: int = 512 * 1024 * 1024
+    max_args: int = 1024 * 1024
+    max_inline_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    nodes: tuple[NodeSpec, ...]
+    listen: str = DEFAULT_LISTEN
+    hash: str = "xxh3"
+    distribution: str = VNODES
+    hash_tag: str | None = "{}"
+    points_per_node: int = DEFAULT_POINTS_PER_NODE
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    #: Password clients must give (AUTH / HELLO AUTH); None: no authentication.
+    requirepass: str | None = None
+    #: Credentials the proxy sends to every node (a node's own settings take precedence).
+    node_username: str | None = None
+    node_password: str | None = None
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.nodes:
+            raise ConfigError("no nodes configured")
+        addresses = [n.address for n in self.nodes]
+        if len(set(addresses)) != len(addresses):
+            raise ConfigError("a node is listed twice")
+        labels = [n.label for n in self.nodes]
+        if len(set(labels)) != len(labels):
+            raise ConfigError("two nodes have the same name")
+        if self.hash_tag is not None and len(self.hash_tag) != 2:
+            raise ConfigError(f"hash_tag must be two characters, such as '{{}}', not {self.hash_tag!r}")
+        split_address(self.listen)
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+
+    @property
+    def listen_host(self) -> str:
+        return split_address(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_address(self.listen)[1]
+
+    def placement(self) -> Placement:
+        """The key → node index mapping this configuration describes."""
+        tag = self.hash_tag.encode() if self.hash_tag else None
+        if self.distribution == VNODES:
+            from .hashkit import get_hash
+
+            ring = build_vnode_ring([n.label for n in self.nodes], [n.weight for n in self.nodes],
+                                    VnodeLayout(self.points_per_node))
+            return Placement(get_hash(self.hash), ring, tag)
+        from .continuum import build_distribution
+        from .hashkit import get_hash
+
+        try:
+            distribution = build_distribution(self.distribution, self.nodes)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return Placement(get_hash(self.hash), distribution, tag)
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(self.limits.max_bulk_bytes, self.limits.max_args,
+                             self.limits.max_inline_bytes)
+
+    def with_overrides(self, **changes: Any) -> ProxyConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"bad address {address!r}: expected host:port")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"bad address {address!r}: the port must be a number") from None
+    if not 0 <= number < 65536:
+        raise ConfigError(f"bad address {address!r}: port out of range")
+    return host, number
+
+
+def from_node_list(text: str, **settings: Any) -> ProxyConfig:
+    try:
+        nodes = parse_node_list(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return ProxyConfig(nodes=tuple(nodes), **{k: v for k, v in settings.items() if v is not None})
+
+
+def _section(cls, data: dict[str, Any], where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None
+
+
+def _node(entry: Any, index: int) -> NodeSpec:
+    if isinstance(entry, str):
+        return NodeSpec.parse(entry)
+    if not isinstance(entry, dict) or "address" not in entry:
+        raise ConfigError(f"nodes[{index}] must be 'host:port' or a table with an address")
+    allowed = {"address", "weight", "name", "username", "password"}
+    unknown = set(entry) - allowed
+    if unknown:
+        raise ConfigError(f"nodes[{index}]: unknown setting(s) {', '.join(sorted(unknown))}")
+    base = NodeSpec.parse(entry["address"])
+    return NodeSpec(base.host, base.port, int(entry.get("weight", base.weight)),
+                    entry.get("name", base.name), entry.get("username"), entry.get("password"))
+
+
+def load_toml(path: str | Path) -> ProxyConfig:
+    """Read ``ringleader.toml`` (see docs/configuration.md for every setting)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return from_mapping(data, str(path))
+
+
+def from_mapping(data: dict[str, Any], where: str = "config") -> ProxyConfig:
+    data = dict(data)
+    try:
+        nodes = tuple(_node(e, i) for i, e in enumerate(data.pop("nodes", [])))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    timeouts = _section(Timeouts, data.pop("timeouts", {}), "timeouts")
+    limits = _section(Limits, data.pop("limits", {}), "limits")
+    known = {f.name for f in fields(ProxyConfig)} - {"nodes", "timeouts", "limits"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return ProxyConfig(nodes=nodes, timeouts=timeouts, limits=limits, **data)
+
+
+def load_twemproxy(path: str | Path, pool: str | None = None) -> ProxyConfig:
+    """A twemproxy (nutcracker) YAML pool as a ringleader configuration: same nodes, same
+    hash, same distribution and hash tag, so every key stays where nutcracker put it."""
+    from .twemproxy import load_pool
+
+    try:
+        spec = load_pool(str(path), pool)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    timeouts = Timeouts()
+    if spec.timeout_ms:
+        timeouts = replace(timeouts, request_ms=spec.timeout_ms)
+    return ProxyConfig(
+        nodes=tuple(spec.nodes),
+        listen=spec.listen,
+        hash=spec.hash,
+        distribution=spec.distribution,
+        hash_tag=spec.hash_tag.decode() if spec.hash_tag else None,
+        timeouts=timeouts,
+        node_password=spec.redis_auth,
+    )

@@ -1,0 +1,194 @@
+"""Which route serves which command: decided once per topology, looked up per request.
+
+The rules read top to bottom: proxy-local commands, commands split over nodes, commands
+refused with a reason, then by what the command table says (keys, flags). A request's route
+is found with one dict lookup on the command name exactly as the client sent it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import local
+from .commands import CommandTable, unknown_command_error, unknown_subcommand_error
+from .placement import Placement
+from .routes import (
+    FirstNode,
+    Guard,
+    Local,
+    Refuse,
+    Route,
+    SameNode,
+    SingleKey,
+    Sink,
+    SplitCount,
+    SplitGet,
+    SplitSet,
+)
+
+#: Keyless commands any node answers the same way (the first node is asked).
+FIRST_NODE = frozenset({
+    "command", "command|count", "command|docs", "command|info", "command|list",
+    "command|getkeys", "command|getkeysandflags", "lolwut", "time",
+})
+
+SPLIT = {
+    "mget": (SplitGet, 1),
+    "mset": (SplitSet, 2),
+    "del": (SplitCount, 1),
+    "unlink": (SplitCount, 1),
+    "exists": (SplitCount, 1),
+    "touch": (SplitCount, 1),
+}
+
+_NODE_ADMIN = ("it acts on one storage node's server, not on the keyspace; run it against "
+               "each node directly")
+
+#: Refused with a reason a user can act on.
+REFUSED: dict[str, str] = {
+    "move": "ringleader serves database 0 only",
+    "swapdb": "ringleader serves database 0 only",
+    "migrate": "moving keys between nodes is ringleader's job (see `ringleader admin`)",
+    "monitor": _NODE_ADMIN,
+    "sync": "replication goes to the nodes directly",
+    "psync": "replication goes to the nodes directly",
+    "replicaof": _NODE_ADMIN,
+    "slaveof": _NODE_ADMIN,
+    "failover": _NODE_ADMIN,
+    "shutdown": _NODE_ADMIN,
+    "debug": _NODE_ADMIN,
+    "save": _NODE_ADMIN,
+    "bgsave": _NODE_ADMIN,
+    "bgrewriteaof": _NODE_ADMIN,
+    "config": _NODE_ADMIN,
+    "acl": _NODE_ADMIN,
+    "module": _NODE_ADMIN,
+    "cluster": "ringleader is not a Redis Cluster; it shards keys itself",
+    "readonly": "ringleader is not a Redis Cluster",
+    "readwrite": "ringleader is not a Redis Cluster",
+    "asking": "ringleader is not a Redis Cluster",
+    "latency": _NODE_ADMIN,
+    "slowlog": _NODE_ADMIN,
+    "memory": _NODE_ADMIN,
+}
+
+NOT_YET = {
+    "transactions (MULTI/EXEC/WATCH) need a dedicated node connection per client":
+        ("multi", "exec", "discard", "watch", "unwatch"),
+    "pub/sub needs a dedicated node connection per client":
+        ("subscribe", "unsubscribe", "psubscribe", "punsubscribe", "publish", "pubsub",
+         "ssubscribe", "sunsubscribe", "spublish"),
+    "scripts are not routed yet":
+        ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro", "script", "function"),
+    "keyspace-wide commands are not served yet":
+        ("scan", "keys", "dbsize", "randomkey", "flushdb", "flushall", "lastsave", "wait"),
+}
+
+CLIENT_LOCAL = ("client|setname", "client|getname", "client|id", "client|setinfo",
+                "client|info", "client|list", "client|reply")
+
+
+def _not_yet_reasons() -> dict[str, str]:
+    reasons = {}
+    for why, names in NOT_YET.items():
+        for name in names:
+            reasons[name] = why
+    return reasons
+
+
+def single_key_position(spec) -> int | None:
+    """The argument index of the only key, when every call has exactly one key there."""
+    if spec.movable_keys or not spec.has_keys:
+        return None
+    first, last, step = spec.first_key, spec.last_key, spec.key_step
+    if first > 0 and first == last and len(spec.key_specs) == 1:
+        return first
+    return None
+
+
+class RouteTable:
+    """Routes for every command of ``table`` over the nodes of one topology."""
+
+    def __init__(self, table: CommandTable, placement: Placement, labels: Sequence[str]) -> None:
+        self.table = table
+        self.placement = placement
+        self.labels = list(labels)
+        self._not_yet = _not_yet_reasons()
+        self.routes: dict[str, Route] = {}
+        for spec in table.all_specs():
+            self.routes[spec.name] = self._route_for(spec)
+        self._fast: dict[bytes, Route] = {}
+
+    # ------------------------------------------------------------------ per request
+
+    def dispatch(self, args: list[bytes], sink: Sink) -> None:
+        route = self._fast.get(args[0])
+        if route is None:
+            route = self.resolve(args)
+        route.serve(args, sink)
+
+    def resolve(self, args: list[bytes]) -> Route:
+        """The route for a request whose name is not in the fast cache yet."""
+        spec = self.table.lookup(args)
+        if spec is None:
+            container = self.table.lookup(args[:1])
+            if container is not None and container.subcommands:
+                return Refuse(container.name, container.arity, unknown_subcommand_error(args))
+            return Refuse("", 0, unknown_command_error(args))
+        if spec.subcommands:  # a container command called without a known subcommand
+            if len(args) < 2:
+                return Refuse(spec.name, spec.arity,
+                              f"ERR wrong number of arguments for '{spec.name}' command")
+            return Refuse(spec.name, spec.arity, unknown_subcommand_error(args))
+        route = self.routes[spec.name]
+        if "|" not in spec.name and len(self._fast) < 4096:
+            self._fast[args[0]] = route
+        return route
+
+    # ------------------------------------------------------------------ per command
+
+    def _route_for(self, spec) -> Route:
+        name, arity = spec.name, spec.arity
+        if spec.subcommands:  # containers are resolved to a subcommand before routing
+            return Refuse(name, arity, f"ERR wrong number of arguments for '{name}' command")
+        handler = local.HANDLERS.get(name)
+        if handler is not None:
+            return Local(name, arity, handler)
+        if name in SPLIT:
+            cls, step = SPLIT[name]
+            return cls(name, arity, self.placement, step)
+        if name in FIRST_NODE:
+            return FirstNode(name, arity)
+        top = name.split("|")[0]
+        if top in REFUSED:
+            return Refuse(name, arity,
+                          f"ERR ringleader: '{name.upper()}' is not supported: {REFUSED[top]}")
+        why = self._not_yet.get(name) or self._not_yet.get(top)
+        if why:
+            return Refuse(name, arity, f"ERR ringleader: '{name.upper()}' is not supported "
+                          f"yet: {why}")
+        if top == "client":
+            return Refuse(name, arity, f"ERR ringleader: 'CLIENT {name.split('|')[1].upper()}'"
+                          " is not supported: the client's connection ends at the proxy")
+        if spec.is_blocking and name not in ("xread", "xreadgroup"):
+            return Refuse(name, arity, f"ERR ringleader: '{name.upper()}' is not supported "
+                          "yet: blocking commands need a dedicated node connection per client")
+        if not spec.has_keys:
+            return Refuse(name, arity, f"ERR ringleader: '{name.upper()}' is not supported: "
+                          "it names no key, so there is no node to send it to")
+        pos = single_key_position(spec)
+        route: Route
+        if pos is not None:
+            route = SingleKey(name, arity, pos, self.placement)
+        else:
+            route = SameNode(spec, self.placement, self.labels)
+        if name in ("xread", "xreadgroup"):
+            route = Guard(route, b"BLOCK", b"STREAMS",
+                          f"ERR ringleader: '{name.upper()} BLOCK' is not supported yet: blocking "
+                          "commands need a dedicated node connection per client")
+        return route
+
+    def describe(self) -> dict[str, str]:
+        """Command name to how it is served (for the docs' command table)."""
+        return {name: route.describe() for name, route in sorted(self.routes.items())}
+

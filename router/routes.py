@@ -1,0 +1,314 @@
+"""Routes: small objects that each serve a command one way, chosen per command at startup.
+
+A route never touches a socket. It tells its *sink* (the client session, or a test double)
+what to do: ``forward`` a request to one node, ``fanout`` parts of it to several nodes and
+merge their replies, or ``reply`` at once. The proxy and the library client share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from . import resp
+from .commands import CommandError
+from .placement import Placement
+
+Merge = Callable[[list[bytes], int], bytes]
+
+
+class Sink(Protocol):
+    """What a route may ask of whoever runs it."""
+
+    proto: int
+
+    def forward(self, node: int, args: list[bytes]) -> None: ...
+
+    def fanout(self, calls: list[tuple[int, list[bytes]]], merge: Merge) -> None: ...
+
+    def reply(self, raw: bytes) -> None: ...
+
+
+def arity_ok(arity: int, argc: int) -> bool:
+    return argc == arity if arity > 0 else argc >= -arity
+
+
+class Route:
+    """Base: checks arity, then ``run``. Subclasses on the hot path inline both."""
+
+    __slots__ = ("name", "arity", "arity_reply")
+
+    def __init__(self, name: str, arity: int) -> None:
+        self.name = name
+        self.arity = arity
+        self.arity_reply = resp.error(f"ERR wrong number of arguments for '{name}' command")
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        n = len(args)
+        a = self.arity
+        if (n != a) if a > 0 else (n < -a):
+            sink.reply(self.arity_reply)
+            return
+        self.run(args, sink)
+
+    def run(self, args: list[bytes], sink: Sink) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """How this route serves its command, for docs and ``ringleader commands``."""
+        return type(self).__name__
+
+
+class Refuse(Route):
+    """A command ringleader will not run, with the reason in the error."""
+
+    __slots__ = ("error_reply",)
+
+    def __init__(self, name: str, arity: int, message: str) -> None:
+        super().__init__(name, arity)
+        self.error_reply = resp.error(message)
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        sink.reply(self.error_reply)
+
+    def describe(self) -> str:
+        return "refused: " + self.error_reply[1:-2].decode()
+
+
+class Local(Route):
+    """Answered by the proxy itself: ``handler(args, sink)`` returns the encoded reply."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, name: str, arity: int, handler: Callable[[list[bytes], Sink], bytes]) -> None:
+        super().__init__(name, arity)
+        self.handler = handler
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        sink.reply(self.handler(args, sink))
+
+    def describe(self) -> str:
+        return "proxy-local"
+
+
+class FirstNode(Route):
+    """Keyless and node-independent (COMMAND DOCS, say): the first node answers."""
+
+    __slots__ = ()
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        sink.forward(0, args)
+
+    def describe(self) -> str:
+        return "forwarded to the first node"
+
+
+class SingleKey(Route):
+    """The common case: one key at a fixed position; forwarded to its owner untouched."""
+
+    __slots__ = ("pos", "node_of")
+
+    def __init__(self, name: str, arity: int, pos: int, placement: Placement) -> None:
+        super().__init__(name, arity)
+        self.pos = pos
+        self.node_of = placement.node_index
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        n = len(args)
+        a = self.arity
+        if (n != a) if a > 0 else (n < -a):
+            sink.reply(self.arity_reply)
+            return
+        sink.forward(self.node_of(args[self.pos]), args)
+
+    def describe(self) -> str:
+        return "to the key's node"
+
+
+def cross_node_error(name: str, args: list[bytes], positions: Sequence[int], node_of,
+                     labels: Sequence[str]) -> bytes:
+    """A ``-CROSSSLOT`` reply naming two keys that live on different nodes, and the fix."""
+    first = positions[0]
+    home = node_of(args[first])
+    for p in positions[1:]:
+        other = node_of(args[p])
+        if other != home:
+            a = args[first].decode(errors="replace")[:64]
+            b = args[p].decode(errors="replace")[:64]
+            return resp.error(
+                f"CROSSSLOT Keys in request don't hash to the same node: '{name.upper()}' needs "
+                f"all its keys on one node, but '{a}' is on {labels[home]} and '{b}' is on "
+                f"{labels[other]}; put the keys under one hash tag, e.g. {{user1}}:a and "
+                "{user1}:b")
+    raise ValueError("all keys are on one node")
+
+
+class SameNode(Route):
+    """Several keys that must live on one node (SINTERSTORE, RENAME, EVAL...): forwarded
+    when they do, refused with ``-CROSSSLOT`` when they do not. Keyless invocations (EVAL
+    with numkeys 0) go to the first node, so they are deterministic."""
+
+    __slots__ = ("spec", "node_of", "labels")
+
+    def __init__(self, spec, placement: Placement, labels: Sequence[str]) -> None:
+        super().__init__(spec.name, spec.arity)
+        self.spec = spec
+        self.node_of = placement.node_index
+        self.labels = labels
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        try:
+            positions = self.spec.key_positions(args)
+        except CommandError as exc:  # malformed numkeys and the like
+            sink.reply(resp.error(str(exc)))
+            return
+        if not positions:
+            sink.forward(0, args)
+            return
+        node_of = self.node_of
+        home = node_of(args[positions[0]])
+        for p in positions[1:]:
+            if node_of(args[p]) != home:
+                sink.reply(cross_node_error(self.name, args, positions, node_of, self.labels))
+                return
+        sink.forward(home, args)
+
+    def describe(self) -> str:
+        return "all keys on one node, else -CROSSSLOT"
+
+
+class _Split(Route):
+    """Keys spread over nodes: one sub-request per node, replies merged in key order.
+
+    When every key is on one node (the usual case with hash tags), the request is forwarded
+    untouched and no merge runs.
+    """
+
+    __slots__ = ("node_of", "step")
+
+    def __init__(self, name: str, arity: int, placement: Placement, step: int = 1) -> None:
+        super().__init__(name, arity)
+        self.node_of = placement.node_index
+        self.step = step
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        step = self.step
+        if (len(args) - 1) % step:
+            sink.reply(self.arity_reply)
+            return
+        node_of = self.node_of
+        owners = [node_of(k) for k in args[1::step]]
+        home = owners[0]
+        if owners.count(home) == len(owners):
+            sink.forward(home, args)
+            return
+        groups: dict[int, list[int]] = {}
+        for i, owner in enumerate(owners):
+            groups.setdefault(owner, []).append(i)
+        calls = []
+        layout = []
+        head = args[0]
+        for owner, indices in groups.items():
+            sub = [head]
+            for i in indices:
+                sub.extend(args[1 + i * step:1 + (i + 1) * step])
+            calls.append((owner, sub))
+            layout.append(indices)
+        sink.fanout(calls, self.merger(layout, len(owners)))
+
+    def merger(self, layout: list[list[int]], count: int) -> Merge:  # pragma: no cover
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return "split per node, replies merged"
+
+
+def first_error(parts: list[bytes]) -> bytes | None:
+    for part in parts:
+        if part[:1] in (b"-", b"!"):
+            return part
+    return None
+
+
+class SplitGet(_Split):
+    """MGET: each node returns its keys' values; the merge puts them back in request order."""
+
+    __slots__ = ()
+
+    def merger(self, layout: list[list[int]], count: int) -> Merge:
+        def merge(parts: list[bytes], proto: int) -> bytes:
+            err = first_error(parts)
+            if err is not None:
+                return err
+            values: list[bytes] = [b""] * count
+            for indices, part in zip(layout, parts, strict=True):
+                items = resp.split_reply_array(part)
+                if items is None or len(items) != len(indices):
+                    return resp.error("ERR ringleader: unexpected reply to a split MGET")
+                for i, item in zip(indices, items, strict=True):
+                    values[i] = item
+            return resp.array_of_raw(values)
+
+        return merge
+
+
+class SplitSet(_Split):
+    """MSET: every node must say OK. Not atomic across nodes (documented)."""
+
+    __slots__ = ()
+
+    def merger(self, layout: list[list[int]], count: int) -> Merge:
+        def merge(parts: list[bytes], proto: int) -> bytes:
+            return first_error(parts) or resp.OK
+
+        return merge
+
+
+class SplitCount(_Split):
+    """DEL, UNLINK, EXISTS, TOUCH: the per-node counts are summed."""
+
+    __slots__ = ()
+
+    def merger(self, layout: list[list[int]], count: int) -> Merge:
+        def merge(parts: list[bytes], proto: int) -> bytes:
+            err = first_error(parts)
+            if err is not None:
+                return err
+            total = 0
+            for part in parts:
+                value = resp.parse_integer(part)
+                if value is None:
+                    return resp.error("ERR ringleader: unexpected reply to a split command")
+                total += value
+            return resp.integer(total)
+
+        return merge
+
+
+class Guard(Route):
+    """Refuses a command when an option makes it unservable on a shared connection (XREAD
+    with BLOCK, say) and hands it to ``inner`` otherwise. Options are looked for only before
+    ``stop`` (XREAD's STREAMS), so a key that happens to be called "block" is not mistaken."""
+
+    __slots__ = ("inner", "word", "stop", "error_reply")
+
+    def __init__(self, inner: Route, word: bytes, stop: bytes, message: str) -> None:
+        super().__init__(inner.name, inner.arity)
+        self.inner = inner
+        self.word = word.upper()
+        self.stop = stop.upper()
+        self.error_reply = resp.error(message)
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        word, stop = self.word, self.stop
+        for arg in args[1:]:
+            upper = arg.upper()
+            if upper == stop:
+                break
+            if upper == word:
+                sink.reply(self.error_reply)
+                return
+        self.inner.serve(args, sink)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}; refused with {self.word.decode()}"
