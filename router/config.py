@@ -43,6 +43,9 @@ class Limits:
     max_clients: int = 10000
     #: Requests a client may have in flight before the proxy stops reading from it.
     max_pending: int = 1024
+    #: Reply bytes a client may leave unread before it is disconnected (as Redis's
+    #: client-output-buffer-limit does).
+    max_output_bytes: int = 256 * 1024 * 1024
     max_bulk_bytes: int = 512 * 1024 * 1024
     max_args: int = 1024 * 1024
     max_inline_bytes: int = 64 * 1024

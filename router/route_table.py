@@ -84,8 +84,8 @@ NOT_YET = {
         ("scan", "keys", "dbsize", "randomkey", "flushdb", "flushall", "lastsave", "wait"),
 }
 
-CLIENT_LOCAL = ("client|setname", "client|getname", "client|id", "client|setinfo",
-                "client|info", "client|list", "client|reply")
+#: Proxy-local commands newer than the shipped command table (Redis 7.0), with their arity.
+LOCAL_ONLY = {"client|setinfo": 4}
 
 
 def _not_yet_reasons() -> dict[str, str]:
@@ -100,7 +100,7 @@ def single_key_position(spec) -> int | None:
     """The argument index of the only key, when every call has exactly one key there."""
     if spec.movable_keys or not spec.has_keys:
         return None
-    first, last, step = spec.first_key, spec.last_key, spec.key_step
+    first, last = spec.first_key, spec.last_key
     if first > 0 and first == last and len(spec.key_specs) == 1:
         return first
     return None
@@ -117,6 +117,9 @@ class RouteTable:
         self.routes: dict[str, Route] = {}
         for spec in table.all_specs():
             self.routes[spec.name] = self._route_for(spec)
+        for name, arity in LOCAL_ONLY.items():  # answered here even if the nodes are older
+            if name not in self.routes:
+                self.routes[name] = Local(name, arity, local.HANDLERS[name])
         self._fast: dict[bytes, Route] = {}
 
     # ------------------------------------------------------------------ per request
@@ -133,6 +136,9 @@ class RouteTable:
         if spec is None:
             container = self.table.lookup(args[:1])
             if container is not None and container.subcommands:
+                extra = self.routes.get(f"{container.name}|{args[1].decode(errors='replace').lower()}")
+                if extra is not None:
+                    return extra
                 return Refuse(container.name, container.arity, unknown_subcommand_error(args))
             return Refuse("", 0, unknown_command_error(args))
         if spec.subcommands:  # a container command called without a known subcommand
@@ -149,6 +155,7 @@ class RouteTable:
 
     def _route_for(self, spec) -> Route:
         name, arity = spec.name, spec.arity
+        shown = name.upper().replace("|", " ")
         if spec.subcommands:  # containers are resolved to a subcommand before routing
             return Refuse(name, arity, f"ERR wrong number of arguments for '{name}' command")
         handler = local.HANDLERS.get(name)
@@ -162,20 +169,19 @@ class RouteTable:
         top = name.split("|")[0]
         if top in REFUSED:
             return Refuse(name, arity,
-                          f"ERR ringleader: '{name.upper()}' is not supported: {REFUSED[top]}")
+                          f"ERR ringleader: '{shown}' is not supported: {REFUSED[top]}")
         why = self._not_yet.get(name) or self._not_yet.get(top)
         if why:
-            return Refuse(name, arity, f"ERR ringleader: '{name.upper()}' is not supported "
-                          f"yet: {why}")
+            return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported yet: {why}")
         if top == "client":
-            return Refuse(name, arity, f"ERR ringleader: 'CLIENT {name.split('|')[1].upper()}'"
-                          " is not supported: the client's connection ends at the proxy")
+            return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported: the "
+                          "client's connection ends at the proxy")
         if spec.is_blocking and name not in ("xread", "xreadgroup"):
-            return Refuse(name, arity, f"ERR ringleader: '{name.upper()}' is not supported "
-                          "yet: blocking commands need a dedicated node connection per client")
+            return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported yet: "
+                          "blocking commands need a dedicated node connection per client")
         if not spec.has_keys:
-            return Refuse(name, arity, f"ERR ringleader: '{name.upper()}' is not supported: "
-                          "it names no key, so there is no node to send it to")
+            return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported: it names "
+                          "no key, so there is no node to send it to")
         pos = single_key_position(spec)
         route: Route
         if pos is not None:

@@ -101,6 +101,9 @@ class ClientSession:
         self.reading_paused = False
         self.framer = RequestReader(server.config.request_limits())
         self.max_pending = server.config.limits.max_pending
+        self.max_output = server.config.limits.max_output_bytes
+        self.backlog: list[list[bytes]] = []  # parsed, not yet run: over max_pending
+        self.out_bytes = 0  # unsent reply bytes, counted while the client is not keeping up
         self._writer_wake = Wakeup()
         self._reader_wake = Wakeup()
         self._drained = Wakeup()
@@ -201,7 +204,15 @@ class ClientSession:
                 break
             out.append(data)
             pending.popleft()
-        if out and not self.write_blocked:
+            if self.write_blocked:
+                self.out_bytes += len(data)
+        if self.write_blocked:
+            if self.out_bytes > self.max_output:
+                log.warning("client %d (%s): %d reply bytes unread, over limits.max_output_bytes;"
+                            " disconnecting it", self.client_id, self.peer, self.out_bytes)
+                self._broken()
+                return
+        elif out:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             try:
@@ -213,9 +224,10 @@ class ClientSession:
                 return
             if sent < len(data):
                 out.append(data[sent:])
+                self.out_bytes = len(data) - sent
                 self.write_blocked = True
                 self._writer_wake.set()
-        if self.reading_paused and not self.write_blocked and len(pending) < self.max_pending:
+        if self.reading_paused and not self.write_blocked and len(pending) < self.max_pending // 2 + 1:
             self.reading_paused = False
             self._reader_wake.set()
         if self.closing and not pending and not out:
@@ -249,7 +261,9 @@ class ClientSession:
                     return
                 if sent < len(data):
                     out.insert(0, data[sent:])
+                self.out_bytes = sum(map(len, out))
             self.write_blocked = False
+            self.out_bytes = 0
             self.flush()
 
     # ------------------------------------------------------------------ reading
@@ -266,6 +280,14 @@ class ClientSession:
         server = self.server
         feed = self.framer.feed
         while not self.closing:
+            if self.backlog:  # requests held back while this client was over max_pending
+                requests, self.backlog = self.backlog, []
+                self._run(requests, server)
+                self.flush()
+                if self.backlog or self.write_blocked:
+                    self.reading_paused = True
+                    await self._reader_wake.wait()
+                continue
             await trio.lowlevel.wait_readable(sock)
             try:
                 data = sock.recv(RECV_SIZE)
@@ -285,16 +307,21 @@ class ClientSession:
             if requests:
                 self._run(requests, server)
             self.flush()
-            if not self.closing and (len(self.pending) >= self.max_pending or self.write_blocked):
+            if not self.closing and (self.backlog or self.write_blocked):
                 self.reading_paused = True
                 await self._reader_wake.wait()
 
     def _run(self, requests: list[list[bytes]], server: ProxyServer) -> None:
         dispatch = server.routes.dispatch
-        server.commands_total += len(requests)
-        for args in requests:
+        pending = self.pending
+        limit = self.max_pending
+        for index, args in enumerate(requests):
             if self.closing:
                 break
+            if len(pending) >= limit:
+                self.backlog = requests[index:]
+                break
+            server.commands_total += 1
             if not args:
                 continue
             try:
@@ -310,7 +337,8 @@ class ClientSession:
                     log.exception("error serving %r", args[:2])
                     self.reply(resp.error(f"ERR ringleader internal error: {exc}"))
         self.last_active = time.monotonic()
-        self.last_command = args[0].decode(errors="replace").lower() if args else "NULL"
+        if requests[-1]:
+            self.last_command = requests[-1][0].decode(errors="replace").lower()
 
     # ------------------------------------------------------------------ lifetime
 
