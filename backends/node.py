@@ -41,6 +41,7 @@ class NodeSettings:
     retry_max: float = 2.0
     username: str | None = None
     password: str | None = None
+    db: int = 0
 
 
 class NodeFailure(Exception):
@@ -163,6 +164,8 @@ class NodeConnection:
             requests.append(hello)
         elif password:
             requests.append([b"AUTH", *([username.encode()] if username else []), password.encode()])
+        if settings.db:
+            requests.append([b"SELECT", str(settings.db).encode()])
         if not requests:
             return
         await send_all(sock, b"".join(resp.pack_command(tuple(r)) for r in requests))

@@ -6,6 +6,7 @@ mapping that the proxy and the library client share.
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -15,6 +16,8 @@ from .nodes import NodeSpec, parse_node_list
 from .placement import Placement
 from .resp import RequestLimits
 from .ring import DEFAULT_POINTS_PER_NODE, VnodeLayout, build_vnode_ring
+
+log = logging.getLogger("ringleader.config")
 
 DEFAULT_LISTEN = "127.0.0.1:7000"
 
@@ -66,18 +69,17 @@ class ProxyConfig:
     #: Credentials the proxy sends to every node (a node's own settings take precedence).
     node_username: str | None = None
     node_password: str | None = None
+    #: The database the proxy SELECTs on every node connection (twemproxy's ``redis_db``).
+    node_db: int = 0
     workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.nodes:
             raise ConfigError("no nodes configured")
-        addresses = [n.address for n in self.nodes]
-        if len(set(addresses)) != len(addresses):
-            raise ConfigError("a node is listed twice")
         labels = [n.label for n in self.nodes]
         if len(set(labels)) != len(labels):
-            raise ConfigError("two nodes have the same name")
-        if self.hash_tag is not None and len(self.hash_tag) != 2:
+            raise ConfigError("a node is listed twice (nodes need distinct addresses or names)")
+        if self.hash_tag is not None and len(self.hash_tag.encode()) != 2:
             raise ConfigError(f"hash_tag must be two characters, such as '{{}}', not {self.hash_tag!r}")
         split_address(self.listen)
         if self.workers < 1:
@@ -93,7 +95,7 @@ class ProxyConfig:
 
     def placement(self) -> Placement:
         """The key → node index mapping this configuration describes."""
-        tag = self.hash_tag.encode() if self.hash_tag else None
+        tag = self.hash_tag.encode("utf-8", "surrogateescape") if self.hash_tag else None
         if self.distribution == VNODES:
             from .hashkit import get_hash
 
@@ -200,6 +202,10 @@ def load_twemproxy(path: str | Path, pool: str | None = None) -> ProxyConfig:
     timeouts = Timeouts()
     if spec.timeout_ms:
         timeouts = replace(timeouts, request_ms=spec.timeout_ms)
+    if spec.auto_eject_hosts:
+        log.warning("%s: auto_eject_hosts is not supported: ringleader keeps a failed node's "
+                    "keys where they are and fails its requests fast instead of moving them",
+                    path)
     return ProxyConfig(
         nodes=tuple(spec.nodes),
         listen=spec.listen,
@@ -208,4 +214,6 @@ def load_twemproxy(path: str | Path, pool: str | None = None) -> ProxyConfig:
         hash_tag=spec.hash_tag.decode() if spec.hash_tag else None,
         timeouts=timeouts,
         node_password=spec.redis_auth,
+        requirepass=spec.redis_auth,  # nutcracker makes its clients log in with it too
+        node_db=spec.redis_db,
     )

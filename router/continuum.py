@@ -114,8 +114,17 @@ def build_ketama(nodes: Sequence[NodeSpec]) -> Ring:
     return Ring([value for value, _ in points], [owner for _, owner in points])
 
 
+#: A bound on modula's table (one slot per unit of weight): far above any real pool, low
+#: enough that a typo'd weight fails clearly instead of exhausting memory.
+MODULA_MAX_SLOTS = 1 << 22
+
+
 def build_modula(nodes: Sequence[NodeSpec]) -> Modula:
     """nutcracker's modula table: each server repeated ``weight`` times, in server order."""
+    total = sum(node.weight for node in nodes)
+    if total > MODULA_MAX_SLOTS:
+        raise ValueError(f"modula over a total weight of {total} needs a slot per unit of "
+                         f"weight; at most {MODULA_MAX_SLOTS} are supported")
     return Modula([index for index in server_order(nodes) for _ in range(nodes[index].weight)])
 
 

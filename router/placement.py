@@ -26,8 +26,9 @@ class Placement:
         self._close = hash_tag[1:2] if hash_tag else b""
 
     def node_index(self, key: bytes) -> int:
-        """Hash only the part inside the first non-empty ``{...}`` when there is one (as
-        twemproxy and Redis Cluster do); otherwise the whole key."""
+        """Hash only the tag: from the first opening character to the first closing one
+        after it. When that tag is empty or never closed, the whole key is hashed and no later
+        tag is looked for (exactly as twemproxy does)."""
         if self._open:
             start = key.find(self._open)
             if start >= 0:

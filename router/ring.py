@@ -52,9 +52,6 @@ class Ring:
             yield prev, token, owner
             prev = token
 
-    def node_count(self) -> int:
-        return max(self.owners) + 1
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ring) and self.tokens == other.tokens and self.owners == other.owners
 

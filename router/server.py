@@ -39,6 +39,7 @@ def node_settings(config: ProxyConfig) -> NodeSettings:
         retry_max=t.retry_max_ms / 1000,
         username=config.node_username,
         password=config.node_password,
+        db=config.node_db,
     )
 
 

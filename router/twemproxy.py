@@ -43,7 +43,12 @@ _INT_MAX = 2**31 - 1
 
 @dataclass(frozen=True)
 class TwemproxyPool:
-    """One nutcracker pool; defaults are nutcracker's for directives the file leaves out."""
+    """One nutcracker pool; defaults are nutcracker's for directives the file leaves out.
+
+    ``nodes`` carry ``redis_auth`` as their password, since nutcracker logs in to every server
+    with it (it also makes clients AUTH with it). ``redis`` is always true: memcached pools are
+    refused. ``redis_db`` is the database nutcracker SELECTs on its server connections.
+    """
 
     name: str
     listen: str
