@@ -11,7 +11,7 @@ import pytest
 import redis
 from helpers import HOST, node_list, raw_exchange
 
-from backends.local_nodes import start_redis, wait_until
+from backends.local_nodes import start_redis
 from router.config import from_node_list
 
 
