@@ -1,7 +1,7 @@
 """Shared, pipelined connections to storage nodes.
 
 One connection per node per protocol carries the requests of every client: requests that
-arrive in one scheduler pass leave in one send, and replies are matched to requests first in,
+arrive in one poller round leave in one send, and replies are matched to requests first in,
 first out. A client's request is represented here only by its *entry*, an object with a
 ``fill(raw_reply)`` method returning the client session to notify (or None).
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -23,7 +23,9 @@ import trio
 from router import resp
 from router.nodes import NodeSpec
 
-from .wakeup import Wakeup, close, send_all, tune
+from .poller import IN, OUT, Poller
+from .slots import Slot
+from .wakeup import close, send_all, tune
 
 log = logging.getLogger("ringleader.node")
 
@@ -52,21 +54,28 @@ CONNECTING, UP, DOWN = "connecting", "up", "down"
 
 
 class NodeConnection:
-    """One shared connection to one node, speaking one RESP protocol version."""
+    """One shared connection to one node, speaking one RESP protocol version.
 
-    def __init__(self, node: NodeSpec, proto: int, settings: NodeSettings,
-                 on_touched: Callable[[list], None]) -> None:
+    The data path (queueing requests, sending them, matching replies) runs in the poller's
+    task through ``submit``, ``flush`` and ``on_readable``; connecting, logging in, the
+    hang watchdog and reconnecting with backoff run in this connection's own task, ``run``.
+    """
+
+    def __init__(self, node: NodeSpec, proto: int, settings: NodeSettings, poller: Poller) -> None:
         self.node = node
         self.address = node.address
         self.proto = proto
         self.settings = settings
-        self._notify = on_touched  # called with the client sessions that got replies
+        self.poller = poller
         self.state = CONNECTING
         self.reason = "not connected yet"
         self.outbuf: list[bytes] = []
         self.fifo: deque = deque()
-        self._flush_scheduled = False
-        self._wake = Wakeup()
+        self.dirty = False  # queued for a flush at the end of the poller's round
+        self.sock: socket.socket | None = None
+        self._unsent: memoryview | None = None  # what the last send could not take
+        self._inbuf = b""
+        self._failed = trio.Event()
         self._replies = 0  # replies received: the watchdog's progress counter
         self._down_error = resp.error(f"ERR ringleader: node {self.address} is down")
         # statistics for INFO
@@ -74,7 +83,7 @@ class NodeConnection:
         self.errors_total = 0
         self.connects_total = 0
 
-    # ------------------------------------------------------------------ sync side
+    # ------------------------------------------------------------------ data path (poller)
 
     def submit(self, payload: bytes, entry: object) -> bytes | None:
         """Queue one request; returns an error reply instead when the node is down."""
@@ -84,35 +93,128 @@ class NodeConnection:
         self.requests_total += 1
         self.outbuf.append(payload)
         self.fifo.append(entry)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._wake.set()
+        if not self.dirty:
+            self.dirty = True
+            self.poller.node_dirty(self)
         return None
 
-    def submit_many(self, payloads: list[bytes], entries: list) -> bytes | None:
-        """Queue several requests (a pipeline to one node) with one wakeup."""
-        if self.state is DOWN:
-            self.errors_total += len(entries)
-            return self._down_error
-        self.requests_total += len(entries)
-        self.outbuf.extend(payloads)
-        self.fifo.extend(entries)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._wake.set()
-        return None
+    def flush(self) -> None:
+        """Send everything queued in one write, without waiting."""
+        if self.state is not UP or self._unsent is not None or not self.outbuf:
+            return
+        outbuf = self.outbuf
+        data = outbuf[0] if len(outbuf) == 1 else b"".join(outbuf)
+        outbuf.clear()
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.lost(f"connection lost ({_describe(exc)})")
+            return
+        if sent < len(data):
+            self._unsent = memoryview(data)[sent:]
+            self.poller.modify(self.sock.fileno(), IN | OUT)
+
+    def on_writable(self) -> None:
+        unsent = self._unsent
+        if unsent is None:
+            return
+        try:
+            sent = self.sock.send(unsent)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.lost(f"connection lost ({_describe(exc)})")
+            return
+        if sent < len(unsent):
+            self._unsent = unsent[sent:]
+            return
+        self._unsent = None
+        self.poller.modify(self.sock.fileno(), IN)
+        self.flush()
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.lost(f"connection lost ({_describe(exc)})")
+            return
+        if not data:
+            self.lost("closed the connection")
+            return
+        buf = self._inbuf + data if self._inbuf else data
+        fifo = self.fifo
+        n = len(buf)
+        pos = 0
+        touched = []
+        try:
+            while pos < n:
+                # fast path for the common one-line and bulk replies, else the general scanner
+                t = buf[pos]
+                if t == 36:  # '$'
+                    nl = buf.find(b"\r\n", pos)
+                    if nl < 0:
+                        break
+                    length = int(buf[pos + 1:nl])
+                    end = nl + 4 + length if length >= 0 else nl + 2
+                    if end > n:
+                        break
+                elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
+                    end = buf.find(b"\r\n", pos) + 2
+                    if end < 2:
+                        break
+                else:
+                    end = resp.reply_end(buf, pos, n)
+                    if end < 0:
+                        break
+                if not fifo:
+                    raise resp.ProtocolError("a reply nobody asked for")
+                entry = fifo.popleft()
+                if type(entry) is Slot:  # the common case, inlined
+                    entry.data = buf[pos:end]
+                    client = entry.client
+                else:
+                    client = entry.fill(buf[pos:end])
+                if client is not None and not client.dirty:
+                    client.dirty = True
+                    touched.append(client)
+                pos = end
+        except (resp.ProtocolError, ValueError) as exc:
+            self._inbuf = b""
+            if touched:
+                self.poller.clients_dirty(touched)
+            self.lost(f"sent a malformed reply ({exc})")
+            return
+        self._inbuf = buf[pos:] if pos < n else b""
+        self._replies += 1
+        if touched:
+            self.poller.clients_dirty(touched)
+
+    def lost(self, reason: str) -> None:
+        """The connection is unusable: fail what is outstanding; ``run`` reconnects."""
+        if self.state is not UP:
+            return
+        if self.sock is not None:
+            self.poller.unregister(self.sock.fileno())
+        self._fail_all(reason)
+        log.warning("node %s: %s", self.address, reason)
+        self._failed.set()
 
     @property
     def outstanding(self) -> int:
         return len(self.fifo)
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (task)
 
     async def run(self) -> None:
         """Connect, serve, and on failure fail every outstanding request and retry."""
         delay = self.settings.retry_initial
         while True:
-            self.state = CONNECTING
+            # Requests wait only for the first connection; after a failure they fail fast
+            # (state DOWN) until a reconnection succeeds.
             try:
                 sock = await self._connect()
             except Exception as exc:  # refused, timed out, login failed: retry with backoff
@@ -124,14 +226,26 @@ class NodeConnection:
                 continue
             delay = self.settings.retry_initial
             self.connects_total += 1
+            self.sock = sock
+            self._inbuf = b""
+            self._unsent = None
+            self._failed = trio.Event()
             self.state = UP
             self.reason = ""
+            self.poller.register(sock.fileno(), self, IN)
+            if self.outbuf and not self.dirty:  # requests queued while connecting
+                self.dirty = True
+                self.poller.node_dirty(self)
             try:
-                reason = await self._serve(sock)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watchdog)
+                    await self._failed.wait()
+                    nursery.cancel_scope.cancel()
             finally:
+                self.lost("connection closed")  # no-op unless cancelled while up
+                self.poller.unregister(sock.fileno())
                 close(sock)
-            self._fail_all(reason)
-            log.warning("node %s: %s", self.address, reason)
+                self.sock = None
 
     async def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -144,7 +258,7 @@ class NodeConnection:
                     await trio.lowlevel.wait_writable(sock)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
-                        raise OSError(err, _strerror(err)) from None
+                        raise OSError(err, os.strerror(err)) from None
                 await self._handshake(sock)
         except BaseException:
             sock.close()
@@ -152,7 +266,7 @@ class NodeConnection:
         return sock
 
     async def _handshake(self, sock: socket.socket) -> None:
-        """Log in and pick the protocol before any client request is sent."""
+        """Log in, pick the protocol and database before any client request is sent."""
         node, settings = self.node, self.settings
         password = node.password or settings.password
         username = node.username or settings.username
@@ -173,7 +287,7 @@ class NodeConnection:
         pos = 0
         for request in requests:
             while True:
-                end = reply_end_or_wait(buf, pos)
+                end = resp.reply_end(buf, pos, len(buf)) if pos < len(buf) else -1
                 if end >= 0:
                     break
                 await trio.lowlevel.wait_readable(sock)
@@ -187,95 +301,7 @@ class NodeConnection:
                 what = request[0].decode()
                 raise NodeFailure(f"{what} failed: {reply[1:-2].decode(errors='replace')}")
 
-    async def _serve(self, sock: socket.socket) -> str:
-        """Run reader, writer and watchdog until one of them finds the connection broken."""
-        failure: list[str] = []
-
-        def fail(reason: str) -> None:
-            if not failure:
-                failure.append(reason)
-            nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._guard, self._reader, sock, fail)
-            nursery.start_soon(self._guard, self._writer, sock, fail)
-            nursery.start_soon(self._guard, self._watchdog, sock, fail)
-        return failure[0] if failure else "connection closed"
-
-    async def _guard(self, body, sock: socket.socket, fail: Callable[[str], None]) -> None:
-        try:
-            await body(sock)
-        except NodeFailure as exc:
-            fail(str(exc))
-        except (OSError, trio.ClosedResourceError) as exc:
-            fail(f"connection lost ({_describe(exc)})")
-        except resp.ProtocolError as exc:
-            fail(f"sent a malformed reply ({exc})")
-        except Exception as exc:  # a bug here must cost this connection, not the proxy
-            log.exception("node %s: unexpected error", self.address)
-            fail(f"internal error ({exc})")
-
-    async def _writer(self, sock: socket.socket) -> None:
-        outbuf = self.outbuf
-        while True:
-            if not outbuf:
-                self._flush_scheduled = False
-                await self._wake.wait()
-                if not outbuf:
-                    continue
-            data = outbuf[0] if len(outbuf) == 1 else b"".join(outbuf)
-            outbuf.clear()
-            await send_all(sock, data)
-
-    async def _reader(self, sock: socket.socket) -> None:
-        fifo = self.fifo
-        notify = self._notify
-        reply_end = resp.reply_end
-        buf = b""
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue
-            if not data:
-                raise NodeFailure("closed the connection")
-            buf = buf + data if buf else data
-            n = len(buf)
-            pos = 0
-            touched = []
-            while pos < n:
-                # fast path for the common one-line and bulk replies, else the general scanner
-                t = buf[pos]
-                if t == 36:  # '$'
-                    nl = buf.find(b"\r\n", pos)
-                    if nl < 0:
-                        break
-                    length = int(buf[pos + 1:nl])
-                    end = nl + 4 + length if length >= 0 else nl + 2
-                    if end > n:
-                        break
-                elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
-                    end = buf.find(b"\r\n", pos) + 2
-                    if end < 2:
-                        break
-                else:
-                    end = reply_end(buf, pos, n)
-                    if end < 0:
-                        break
-                if not fifo:
-                    raise resp.ProtocolError("a reply nobody asked for")
-                client = fifo.popleft().fill(buf[pos:end])
-                if client is not None and not client.dirty:
-                    client.dirty = True
-                    touched.append(client)
-                pos = end
-            buf = buf[pos:] if pos < n else b""
-            self._replies += 1
-            if touched:
-                notify(touched)
-
-    async def _watchdog(self, sock: socket.socket) -> None:
+    async def _watchdog(self) -> None:
         timeout = self.settings.request_timeout
         tick = timeout / 4
         stalled = 0.0
@@ -288,7 +314,8 @@ class NodeConnection:
                 continue
             stalled += tick
             if stalled >= timeout:
-                raise NodeFailure(f"timed out: no reply for {timeout * 1000:.0f} ms")
+                self.lost(f"timed out: no reply for {timeout * 1000:.0f} ms")
+                return
 
     def _fail_all(self, reason: str) -> None:
         """Every outstanding request gets an error; new ones fail fast until reconnected."""
@@ -299,7 +326,7 @@ class NodeConnection:
             f"ERR ringleader: node {self.address} failed: {reason}; the command may or may "
             "not have been applied")
         self.outbuf.clear()
-        self._flush_scheduled = False
+        self._unsent = None
         touched = []
         fifo = self.fifo
         self.errors_total += len(fifo)
@@ -309,19 +336,7 @@ class NodeConnection:
                 client.dirty = True
                 touched.append(client)
         if touched:
-            self._notify(touched)
-
-
-def reply_end_or_wait(buf: bytes, pos: int) -> int:
-    if pos >= len(buf):
-        return -1
-    return resp.reply_end(buf, pos, len(buf))
-
-
-def _strerror(code: int) -> str:
-    import os
-
-    return os.strerror(code) if code else "error"
+            self.poller.clients_dirty(touched)
 
 
 def _describe(exc: BaseException) -> str:

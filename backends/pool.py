@@ -6,31 +6,32 @@ clients (redis-benchmark, redis-cli) holds exactly one connection per node.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import trio
 
 from router.nodes import NodeSpec
 
 from .node import NodeConnection, NodeSettings
+from .poller import Poller
 
 
 class Backend:
     """Owns the node connections and the tasks that run them (in the given nursery)."""
 
     def __init__(self, nodes: Sequence[NodeSpec], settings: NodeSettings,
-                 nursery: trio.Nursery, on_touched: Callable[[list], None]) -> None:
+                 nursery: trio.Nursery, poller: Poller) -> None:
         self.nodes = list(nodes)
         self.settings = settings
         self._nursery = nursery
-        self._on_touched = on_touched
+        self.poller = poller
         self._by_proto: dict[int, list[NodeConnection]] = {}
 
     def connections(self, proto: int) -> list[NodeConnection]:
         """The connections for ``proto``, indexed like the node list; opened on first use."""
         conns = self._by_proto.get(proto)
         if conns is None:
-            conns = [NodeConnection(node, proto, self.settings, self._on_touched)
+            conns = [NodeConnection(node, proto, self.settings, self.poller)
                      for node in self.nodes]
             for conn in conns:
                 self._nursery.start_soon(conn.run, name=f"node {conn.address} resp{proto}")

@@ -5,15 +5,21 @@ This is the hot path of every request, so it is a few attribute reads and calls,
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 
-from .ring import Distribution
+from .ring import Distribution, Ring
 
 
 class Placement:
-    """Maps a key to a node index; immutable, shared by the proxy and the library client."""
+    """Maps a key to a node index; immutable, shared by the proxy and the library client.
 
-    __slots__ = ("hash", "distribution", "hash_tag", "_open", "_close")
+    ``node_index(key)`` hashes only the tag when the key has one: from the first opening
+    character to the first closing one after it. When that tag is empty or never closed, the
+    whole key is hashed and no later tag is looked for (exactly as twemproxy does).
+    """
+
+    __slots__ = ("hash", "distribution", "hash_tag", "node_index")
 
     def __init__(self, hash_fn: Callable[[bytes], int], distribution: Distribution,
                  hash_tag: bytes | None = b"{}") -> None:
@@ -22,17 +28,39 @@ class Placement:
         self.hash = hash_fn
         self.distribution = distribution
         self.hash_tag = hash_tag or None
-        self._open = hash_tag[0:1] if hash_tag else b""
-        self._close = hash_tag[1:2] if hash_tag else b""
+        self.node_index: Callable[[bytes], int] = _compile(hash_fn, distribution, self.hash_tag)
 
-    def node_index(self, key: bytes) -> int:
-        """Hash only the tag: from the first opening character to the first closing one
-        after it. When that tag is empty or never closed, the whole key is hashed and no later
-        tag is looked for (exactly as twemproxy does)."""
-        if self._open:
-            start = key.find(self._open)
-            if start >= 0:
-                end = key.find(self._close, start + 1)
-                if end > start + 1:
-                    key = key[start + 1:end]
-        return self.distribution.lookup(self.hash(key))
+
+def _compile(hash_fn: Callable[[bytes], int], distribution: Distribution,
+             tag: bytes | None) -> Callable[[bytes], int]:
+    """One closure per placement, with everything it needs in local variables: this runs
+    for every key of every request, so a ring lookup is inlined rather than called."""
+    opening, closing = (tag[0:1], tag[1:2]) if tag else (b"", b"")
+
+    def tagged(key: bytes) -> bytes:
+        start = key.find(opening)
+        if start >= 0:
+            end = key.find(closing, start + 1)
+            if end > start + 1:
+                return key[start + 1:end]
+        return key
+
+    if not isinstance(distribution, Ring):
+        lookup = distribution.lookup
+        if tag is None:
+            return lambda key: lookup(hash_fn(key))
+        return lambda key: lookup(hash_fn(tagged(key)))
+    tokens = distribution.tokens
+    owners = [*distribution.owners, distribution.owners[0]]  # past the last token: wrap
+    if tag is None:
+        return lambda key: owners[bisect_left(tokens, hash_fn(key))]
+
+    def ring_tagged(key: bytes) -> int:
+        start = key.find(opening)
+        if start >= 0:
+            end = key.find(closing, start + 1)
+            if end > start + 1:
+                key = key[start + 1:end]
+        return owners[bisect_left(tokens, hash_fn(key))]
+
+    return ring_tagged

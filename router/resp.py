@@ -156,8 +156,13 @@ def split_reply_array(raw: bytes) -> list[bytes] | None:
     pos = nl + 2
     n = len(raw)
     for _ in range(count):
-        end = reply_end(raw, pos, n)
-        if end < 0:
+        if raw[pos] == 36:  # '$': the usual element (MGET values)
+            nl = raw.find(CRLF, pos)
+            length = int(raw[pos + 1:nl])
+            end = nl + 4 + length if length >= 0 else nl + 2
+        else:
+            end = reply_end(raw, pos, n)
+        if end < 0 or end > n:
             raise ProtocolError("truncated array reply")
         items.append(raw[pos:end])
         pos = end
@@ -207,7 +212,8 @@ class RequestReader:
     header, never run anything.
     """
 
-    __slots__ = ("_reader", "limits", "_growing", "_at_boundary", "_max_request", "_carry", "_inline")
+    __slots__ = ("_reader", "limits", "_growing", "_at_boundary", "_max_request", "_carry",
+                 "_inline", "_tail")
 
     def __init__(self, limits: RequestLimits | None = None) -> None:
         self._reader = hiredis.Reader()
@@ -217,6 +223,7 @@ class RequestReader:
         self._max_request = self.limits.max_bulk + 64 * 1024
         self._carry = b""
         self._inline: bool | None = None  # decided by the connection's first byte
+        self._tail: tuple[bytes, list[bytes], bool] | None = None
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """All requests completed by ``data``; raises ProtocolError on malformed or oversized
@@ -242,11 +249,18 @@ class RequestReader:
             raise ProtocolError(_clean_hiredis_error(exc)) from None
         if requests:
             self._growing = 0
-            last = requests[-1][-1] if requests[-1] else None
-            self._at_boundary = (
-                type(last) is bytes and len(last) <= 4096 and not reader.has_data()
-                and data.endswith(b"$%d\r\n%s\r\n" % (len(last), last)))
+            # whether the next read starts a request is only worth knowing if that read
+            # completes nothing (a large request): keep what is needed to tell, lazily
+            self._at_boundary = False
+            self._tail = (data, requests[-1], reader.has_data())
         else:
+            if self._tail is not None:
+                data_before, last_request, unparsed = self._tail
+                self._tail = None
+                last = last_request[-1] if last_request else None
+                self._at_boundary = (
+                    not unparsed and type(last) is bytes and len(last) <= 4096
+                    and data_before.endswith(b"$%d\r\n%s\r\n" % (len(last), last)))
             if self._at_boundary:
                 check_request_head(data[:4096], self.limits)
                 self._at_boundary = False

@@ -1,8 +1,9 @@
 """The proxy process: the listening socket, the client sessions, the node connections.
 
-Structure follows ownership: the server's nursery owns the node connections and a nursery of
-client sessions. Shutdown is a cancellation in stages: stop accepting, let every session
-finish the requests it has in flight, then cancel the node connections.
+Structure follows ownership: the server's nursery owns the poller task (which drives every
+client and node socket) and the node connections' tasks. Shutdown is a cancellation in
+stages: stop accepting, let every session finish the requests it has in flight, then cancel
+the nursery.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 import trio
 
 from backends.node import NodeSettings
+from backends.poller import Poller
 from backends.pool import Backend
 from backends.wakeup import tune
 
@@ -60,10 +62,13 @@ class ProxyServer:
         self.table = table or CommandTable.default()
         self.placement = config.placement()
         self.routes = RouteTable(self.table, self.placement, [n.address for n in config.nodes])
+        self.poller = Poller()
         self.backend: Backend | None = None
         self._sessions: dict[int, ClientSession] = {}
         self._ids = itertools.count(1)
-        self._accept_scope: trio.CancelScope | None = None
+        self._listener: socket.socket | None = None
+        self._stop = trio.Event()
+        self._all_closed = trio.Event()
         self.started = time.monotonic()
         self.connections_total = 0
         self.rejected_total = 0
@@ -74,68 +79,74 @@ class ProxyServer:
 
     async def run(self, listener: socket.socket | None = None, *,
                   task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``shutdown()``; then finish in-flight requests (up to the drain
+        timeout) and return."""
         if listener is None:
             listener = open_listener(self.config.listen_host, self.config.listen_port,
                                      reuse_port=self.config.workers > 1)
+        self._listener = listener
         self.address = listener.getsockname()[:2]
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.poller.run, name="poller")
                 self.backend = Backend(self.config.nodes, node_settings(self.config), nursery,
-                                       self._flush_clients)
+                                       self.poller)
                 self.backend.connections(2)  # connect now, not on the first request
-                async with trio.open_nursery() as clients:
-                    with trio.CancelScope() as self._accept_scope:
-                        task_status.started(self.address)
-                        await self._accept_loop(listener, clients)
-                    for session in list(self._sessions.values()):
-                        session.stop_reading()
+                self.poller.register(listener.fileno(), self)
+                task_status.started(self.address)
+                await self._stop.wait()
+                # stop accepting; every session finishes what it has in flight, then closes
+                self.poller.unregister(listener.fileno())
+                for session in list(self._sessions.values()):
+                    session.stop_reading()
+                if self._sessions:
+                    self.poller.flush()
+                    with trio.move_on_after(self.config.timeouts.drain_ms / 1000):
+                        await self._all_closed.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            for session in list(self._sessions.values()):
+                session.close()
             listener.close()
 
     def shutdown(self) -> None:
         """Stop accepting; sessions finish their in-flight requests, then ``run`` returns."""
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
+        self._stop.set()
 
-    async def _accept_loop(self, listener: socket.socket, clients: trio.Nursery) -> None:
-        drain = self.config.timeouts.drain_ms / 1000
+    # the listener is a poller handler too
+    def on_readable(self) -> None:
+        listener = self._listener
         max_clients = self.config.limits.max_clients
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            for _ in range(64):
+        for _ in range(64):
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # out of file descriptors, say: keep serving the others
+                log.warning("accept failed: %s", exc)
+                return
+            tune(sock)
+            if len(self._sessions) >= max_clients:
+                self.rejected_total += 1
                 try:
-                    sock, _ = listener.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:  # out of file descriptors, say: keep serving others
-                    log.warning("accept failed: %s", exc)
-                    await trio.sleep(0.05)
-                    break
-                tune(sock)
-                if len(self._sessions) >= max_clients:
-                    self.rejected_total += 1
-                    try:
-                        sock.send(b"-ERR max number of clients reached\r\n")
-                    except OSError:
-                        pass
-                    sock.close()
-                    continue
-                self.connections_total += 1
-                session = ClientSession(self, sock, next(self._ids))
-                self._sessions[session.client_id] = session
-                clients.start_soon(session.run, drain)
+                    sock.send(b"-ERR max number of clients reached\r\n")
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            self.connections_total += 1
+            session = ClientSession(self, sock, next(self._ids))
+            self._sessions[session.client_id] = session
 
-    @staticmethod
-    def _flush_clients(clients: list[ClientSession]) -> None:
-        for client in clients:
-            client.dirty = False
-            client.flush()
+    def on_writable(self) -> None:
+        pass
 
     # ------------------------------------------------------------------ session registry
 
     def forget(self, session: ClientSession) -> None:
         self._sessions.pop(session.client_id, None)
+        if not self._sessions and self._stop.is_set():
+            self._all_closed.set()
 
     def sessions(self) -> Iterable[ClientSession]:
         return list(self._sessions.values())

@@ -1,11 +1,12 @@
 """One client connection: frames its requests, runs each through its route, and writes the
 replies back in request order.
 
-Replies are written by whichever task completes them (usually a node connection's reader,
-with a non-blocking send), so a request costs no task switch of its own; only a client that
-does not keep up with its replies gets its own writer task woken. A client with too many
-requests outstanding, or unsent replies, is not read from until it catches up: one slow or
-greedy client cannot grow the proxy's memory or hold up anyone else.
+A session is driven by the poller (backends/poller.py): ``on_readable`` parses and routes
+what arrived, ``flush`` writes completed replies at the end of the round without waiting.
+A client with too many requests outstanding, or with replies it is not reading, is not read
+from until it catches up (and one that leaves more than ``max_output_bytes`` unread is
+disconnected), so one slow or greedy client cannot grow the proxy's memory or hold up
+anyone else.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-import trio
-
-from backends.wakeup import Wakeup, close
+from backends.poller import IN, OUT
+from backends.slots import FanoutSlot, Part, Slot
 
 from . import resp
 from .resp import RequestReader, pack_command
@@ -32,54 +32,6 @@ log = logging.getLogger("ringleader.session")
 RECV_SIZE = 64 * 1024
 
 
-class Slot:
-    """A reply to come, in the client's order; ``fill`` is called by the node connection."""
-
-    __slots__ = ("data", "client")
-
-    def __init__(self, client: ClientSession) -> None:
-        self.data: bytes | None = None
-        self.client = client
-
-    def fill(self, raw: bytes) -> ClientSession:
-        self.data = raw
-        return self.client
-
-
-class FanoutSlot:
-    """A reply assembled from several nodes' replies by ``merge`` once all are in."""
-
-    __slots__ = ("data", "client", "parts", "remaining", "merge")
-
-    def __init__(self, client: ClientSession, count: int, merge) -> None:
-        self.data: bytes | None = None
-        self.client = client
-        self.parts: list[bytes] = [b""] * count
-        self.remaining = count
-        self.merge = merge
-
-
-class Part:
-    __slots__ = ("parent", "index")
-
-    def __init__(self, parent: FanoutSlot, index: int) -> None:
-        self.parent = parent
-        self.index = index
-
-    def fill(self, raw: bytes) -> ClientSession | None:
-        parent = self.parent
-        parent.parts[self.index] = raw
-        parent.remaining -= 1
-        if parent.remaining:
-            return None
-        try:
-            parent.data = parent.merge(parent.parts, parent.client.proto)
-        except Exception as exc:  # a merge must never take the node reader down
-            log.exception("merge failed")
-            parent.data = resp.error(f"ERR ringleader: could not merge replies ({exc})")
-        return parent.client
-
-
 _UNAUTHENTICATED_OK = frozenset({b"AUTH", b"HELLO", b"QUIT"})
 
 
@@ -88,32 +40,30 @@ class ClientSession:
 
     def __init__(self, server: ProxyServer, sock: socket.socket, client_id: int) -> None:
         self.server = server
+        self.poller = server.poller
         self.sock = sock
+        self.fd = sock.fileno()
         self.client_id = client_id
         self.proto = 2
         self.conns = server.backend.connections(2)
         self.pending: deque = deque()
         self.out: list[bytes] = []
-        self.dirty = False  # queued for a flush by a node reader
-        self.closing = False
-        self.broken = False
+        self.dirty = False  # queued for a flush at the end of the poller's round
+        self.closing = False  # no more requests; close once the replies are out
+        self.closed = False
         self.write_blocked = False
-        self.reading_paused = False
+        self.reading = True
         self.framer = RequestReader(server.config.request_limits())
         self.max_pending = server.config.limits.max_pending
         self.max_output = server.config.limits.max_output_bytes
         self.backlog: list[list[bytes]] = []  # parsed, not yet run: over max_pending
-        self.out_bytes = 0  # unsent reply bytes, counted while the client is not keeping up
-        self._writer_wake = Wakeup()
-        self._reader_wake = Wakeup()
-        self._drained = Wakeup()
-        self._read_scope: trio.CancelScope | None = None
+        self.out_bytes = 0  # unsent reply bytes while the client is not keeping up
         self.authenticated = server.config.requirepass is None
         self.name: bytes | None = None
         self.lib_name: bytes | None = None
         self.lib_ver: bytes | None = None
         self.created = self.last_active = time.monotonic()
-        self.last_command = "NULL"
+        self.last_request: list[bytes] = []
         try:
             host, port = sock.getpeername()[:2]
             self.peer = f"{host}:{port}"
@@ -121,6 +71,7 @@ class ClientSession:
             self.local = f"{host}:{port}"
         except OSError:
             self.peer = self.local = "?"
+        self.poller.register(self.fd, self, IN)
 
     # ------------------------------------------------------------------ sink API (routes)
 
@@ -152,6 +103,10 @@ class ClientSession:
             self.out.append(raw)
 
     # ------------------------------------------------------------------ connection state
+
+    @property
+    def last_command(self) -> str:
+        return self.last_request[0].decode(errors="replace").lower() if self.last_request else "NULL"
 
     def set_proto(self, proto: int) -> None:
         self.proto = proto
@@ -192,10 +147,105 @@ class ClientSession:
             return
         self.server.routes.dispatch(args, self)
 
+    # ------------------------------------------------------------------ reading
+
+    def on_readable(self) -> None:
+        if not self.reading:
+            return
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._broken()
+            return
+        if not data:  # the client is done sending; replies to what it sent still go out
+            self.stop_reading()
+        else:
+            try:
+                requests = self.framer.feed(data)
+            except resp.ProtocolError as exc:
+                self.reply(resp.error(f"ERR Protocol error: {exc}"))
+                self.stop_reading()
+                requests = ()
+            if requests:
+                self._run(requests)
+        if not self.dirty and (self.out or self.closing or (self.pending and
+                                                             self.pending[0].data is not None)):
+            self.dirty = True
+            self.poller.client_dirty(self)
+
+    def _run(self, requests: list[list[bytes]]) -> None:
+        server = self.server
+        dispatch = server.routes.dispatch
+        pending = self.pending
+        limit = self.max_pending
+        for index, args in enumerate(requests):
+            if self.closing:
+                break
+            if len(pending) >= limit:
+                self.backlog = requests[index:]
+                self._pause()
+                break
+            server.commands_total += 1
+            if not args:
+                continue
+            try:
+                if self.authenticated:
+                    dispatch(args, self)
+                else:
+                    self._dispatch_unauthenticated(args)
+            except Exception as exc:  # a bad request or a bug must not take others down
+                if any(type(a) is not bytes for a in args):
+                    self.reply(resp.error("ERR Protocol error: expected '$', got something else"))
+                    self.stop_reading()
+                else:
+                    log.exception("error serving %r", args[:2])
+                    self.reply(resp.error(f"ERR ringleader internal error: {exc}"))
+        self.last_active = time.monotonic()
+        self.last_request = requests[-1]
+        if self.closing:
+            self.stop_reading()
+
+    def _pause(self) -> None:
+        if self.reading:
+            self.reading = False
+            self._update_mask()
+
+    def _resume(self) -> None:
+        """Read again once the client has caught up, running held-back requests first."""
+        if self.closing or self.closed:
+            return
+        if self.backlog:
+            requests, self.backlog = self.backlog, []
+            self._run(requests)
+            if self.backlog:
+                return
+        if not self.reading and not self.write_blocked:
+            self.reading = True
+            self._update_mask()
+
+    def stop_reading(self) -> None:
+        """Take no more requests; replies to those in flight are still delivered."""
+        self.closing = True
+        self.backlog = []
+        if self.reading:
+            self.reading = False
+            self._update_mask()
+        if not self.dirty:
+            self.dirty = True
+            self.poller.client_dirty(self)
+
+    def _update_mask(self) -> None:
+        if not self.closed:
+            self.poller.modify(self.fd, (IN if self.reading else 0) | (OUT if self.write_blocked else 0))
+
     # ------------------------------------------------------------------ writing
 
     def flush(self) -> None:
         """Move completed replies (in order) to the socket without waiting."""
+        if self.closed:
+            return
         pending = self.pending
         out = self.out
         while pending:
@@ -211,8 +261,8 @@ class ClientSession:
                 log.warning("client %d (%s): %d reply bytes unread, over limits.max_output_bytes;"
                             " disconnecting it", self.client_id, self.peer, self.out_bytes)
                 self._broken()
-                return
-        elif out:
+            return
+        if out:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             try:
@@ -226,137 +276,53 @@ class ClientSession:
                 out.append(data[sent:])
                 self.out_bytes = len(data) - sent
                 self.write_blocked = True
-                self._writer_wake.set()
-        if self.reading_paused and not self.write_blocked and len(pending) < self.max_pending // 2 + 1:
-            self.reading_paused = False
-            self._reader_wake.set()
+                self.reading = False
+                self._update_mask()
+                return
+        if not self.reading and not self.closing and len(pending) <= self.max_pending // 2:
+            self._resume()
         if self.closing and not pending and not out:
-            self._drained.set()
+            self.close()
 
-    def _broken(self) -> None:
-        self.broken = True
-        self.closing = True
-        self.pending.clear()
-        self.out.clear()
-        if self._read_scope is not None:
-            self._read_scope.cancel()
-        self._reader_wake.set()
-        self._drained.set()
-
-    async def _write_loop(self) -> None:
-        sock = self.sock
+    def on_writable(self) -> None:
         out = self.out
-        while True:
-            await self._writer_wake.wait()
-            while out:
-                await trio.lowlevel.wait_writable(sock)
-                data = b"".join(out)
-                out.clear()
-                try:
-                    sent = sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    self._broken()
-                    return
-                if sent < len(data):
-                    out.insert(0, data[sent:])
-                self.out_bytes = sum(map(len, out))
-            self.write_blocked = False
-            self.out_bytes = 0
-            self.flush()
-
-    # ------------------------------------------------------------------ reading
-
-    def stop_reading(self) -> None:
-        """Take no more requests; replies to those in flight are still delivered."""
-        self.closing = True
-        if self._read_scope is not None:
-            self._read_scope.cancel()
-        self._reader_wake.set()
-
-    async def _read_loop(self) -> None:
-        sock = self.sock
-        server = self.server
-        feed = self.framer.feed
-        while not self.closing:
-            if self.backlog:  # requests held back while this client was over max_pending
-                requests, self.backlog = self.backlog, []
-                self._run(requests, server)
-                self.flush()
-                if self.backlog or self.write_blocked:
-                    self.reading_paused = True
-                    await self._reader_wake.wait()
-                continue
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                self._broken()
-                return
-            if not data:
-                return
-            try:
-                requests = feed(data)
-            except resp.ProtocolError as exc:
-                self.reply(resp.error(f"ERR Protocol error: {exc}"))
-                self.closing = True
-                requests = ()
-            if requests:
-                self._run(requests, server)
-            self.flush()
-            if not self.closing and (self.backlog or self.write_blocked):
-                self.reading_paused = True
-                await self._reader_wake.wait()
-
-    def _run(self, requests: list[list[bytes]], server: ProxyServer) -> None:
-        dispatch = server.routes.dispatch
-        pending = self.pending
-        limit = self.max_pending
-        for index, args in enumerate(requests):
-            if self.closing:
-                break
-            if len(pending) >= limit:
-                self.backlog = requests[index:]
-                break
-            server.commands_total += 1
-            if not args:
-                continue
-            try:
-                if self.authenticated:
-                    dispatch(args, self)
-                else:
-                    self._dispatch_unauthenticated(args)
-            except Exception as exc:  # a bad request or a bug must not take others down
-                if any(type(a) is not bytes for a in args):
-                    self.reply(resp.error("ERR Protocol error: expected '$', got something else"))
-                    self.closing = True
-                else:
-                    log.exception("error serving %r", args[:2])
-                    self.reply(resp.error(f"ERR ringleader internal error: {exc}"))
-        self.last_active = time.monotonic()
-        if requests[-1]:
-            self.last_command = requests[-1][0].decode(errors="replace").lower()
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._broken()
+            return
+        if sent < len(data):
+            out.append(data[sent:])
+            self.out_bytes = len(data) - sent
+            return
+        self.write_blocked = False
+        self.out_bytes = 0
+        self._update_mask()
+        self.flush()
 
     # ------------------------------------------------------------------ lifetime
 
-    async def run(self, drain_timeout: float) -> None:
+    def _broken(self) -> None:
+        """The client is gone or misbehaving: drop it and everything queued for it."""
+        self.pending.clear()
+        self.out.clear()
+        self.backlog = []
+        self.closing = True
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.reading = False
+        self.poller.unregister(self.fd)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop)
-                with trio.CancelScope() as self._read_scope:
-                    if not self.closing:
-                        await self._read_loop()
-                self.closing = True
-                # requests already sent to nodes still get their replies
-                with trio.move_on_after(drain_timeout):
-                    while not self.broken and (self.pending or self.out):
-                        await self._drained.wait()
-                nursery.cancel_scope.cancel()
-        except trio.ClosedResourceError:
-            pass
+            self.sock.close()
         finally:
-            close(self.sock)
             self.server.forget(self)
