@@ -132,6 +132,15 @@ def reply_end(buf: bytes, pos: int, n: int) -> int:
         for _ in range(count):
             if p >= n:
                 return -1
+            if buf[p] == 36:  # '$': bulk elements (MGET, LRANGE...) without a call each
+                nl = buf.find(CRLF, p)
+                if nl < 0:
+                    return -1
+                length = int(buf[p + 1:nl])
+                p = nl + 4 + length if length >= 0 else nl + 2
+                if p > n:
+                    return -1
+                continue
             p = reply_end(buf, p, n)
             if p < 0:
                 return -1

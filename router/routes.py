@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import hiredis
+
 from . import resp
 from .commands import CommandError
 from .placement import Placement
@@ -197,26 +199,32 @@ class _Split(Route):
             sink.reply(self.arity_reply)
             return
         node_of = self.node_of
-        owners = [node_of(k) for k in args[1::step]]
-        home = owners[0]
-        if owners.count(home) == len(owners):
-            sink.forward(home, args)
-            return
-        groups: dict[int, list[int]] = {}
-        for i, owner in enumerate(owners):
-            groups.setdefault(owner, []).append(i)
-        calls = []
-        layout = []
         head = args[0]
-        for owner, indices in groups.items():
-            sub = [head]
-            for i in indices:
-                sub.extend(args[1 + i * step:1 + (i + 1) * step])
-            calls.append((owner, sub))
-            layout.append(indices)
-        sink.fanout(calls, self.merger(layout, len(owners)))
+        groups: dict[int, list[bytes]] = {}
+        order: list[int] = []  # the node of each key, in request order
+        if step == 1:
+            for key in args[1:]:
+                node = node_of(key)
+                order.append(node)
+                group = groups.get(node)
+                if group is None:
+                    groups[node] = group = [head]
+                group.append(key)
+        else:
+            for i in range(1, len(args), step):
+                node = node_of(args[i])
+                order.append(node)
+                group = groups.get(node)
+                if group is None:
+                    groups[node] = group = [head]
+                group.extend(args[i:i + step])
+        if len(groups) == 1:
+            sink.forward(order[0], args)
+            return
+        nodes = list(groups)
+        sink.fanout([(node, groups[node]) for node in nodes], self.merger(nodes, order))
 
-    def merger(self, layout: list[list[int]], count: int) -> Merge:  # pragma: no cover
+    def merger(self, nodes: list[int], order: list[int]) -> Merge:  # pragma: no cover
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -235,19 +243,25 @@ class SplitGet(_Split):
 
     __slots__ = ()
 
-    def merger(self, layout: list[list[int]], count: int) -> Merge:
+    def merger(self, nodes: list[int], order: list[int]) -> Merge:
         def merge(parts: list[bytes], proto: int) -> bytes:
             err = first_error(parts)
             if err is not None:
                 return err
-            values: list[bytes] = [b""] * count
-            for indices, part in zip(layout, parts, strict=True):
-                items = resp.split_reply_array(part)
-                if items is None or len(items) != len(indices):
+            values = {}
+            for node, part in zip(nodes, parts, strict=True):
+                reader = hiredis.Reader()  # values are bulks or nulls: C parses them fastest
+                reader.feed(part)
+                items = reader.gets()
+                if type(items) is not list:
                     return resp.error("ERR ringleader: unexpected reply to a split MGET")
-                for i, item in zip(indices, items, strict=True):
-                    values[i] = item
-            return resp.array_of_raw(values)
+                values[node] = iter(items)
+            null = resp.NULL3 if proto == 3 else resp.NULL2
+            out = [b"*%d\r\n" % len(order)]
+            for node in order:
+                value = next(values[node])
+                out.append(null if value is None else b"$%d\r\n%s\r\n" % (len(value), value))
+            return b"".join(out)
 
         return merge
 
@@ -257,11 +271,12 @@ class SplitSet(_Split):
 
     __slots__ = ()
 
-    def merger(self, layout: list[list[int]], count: int) -> Merge:
-        def merge(parts: list[bytes], proto: int) -> bytes:
-            return first_error(parts) or resp.OK
+    def merger(self, nodes: list[int], order: list[int]) -> Merge:
+        return _merge_all_ok
 
-        return merge
+
+def _merge_all_ok(parts: list[bytes], proto: int) -> bytes:
+    return first_error(parts) or resp.OK
 
 
 class SplitCount(_Split):
@@ -269,20 +284,21 @@ class SplitCount(_Split):
 
     __slots__ = ()
 
-    def merger(self, layout: list[list[int]], count: int) -> Merge:
-        def merge(parts: list[bytes], proto: int) -> bytes:
-            err = first_error(parts)
-            if err is not None:
-                return err
-            total = 0
-            for part in parts:
-                value = resp.parse_integer(part)
-                if value is None:
-                    return resp.error("ERR ringleader: unexpected reply to a split command")
-                total += value
-            return resp.integer(total)
+    def merger(self, nodes: list[int], order: list[int]) -> Merge:
+        return _merge_sum
 
-        return merge
+
+def _merge_sum(parts: list[bytes], proto: int) -> bytes:
+    err = first_error(parts)
+    if err is not None:
+        return err
+    total = 0
+    for part in parts:
+        value = resp.parse_integer(part)
+        if value is None:
+            return resp.error("ERR ringleader: unexpected reply to a split command")
+        total += value
+    return resp.integer(total)
 
 
 class Guard(Route):
