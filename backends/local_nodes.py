@@ -51,6 +51,18 @@ def find_binary(name: str, hint: str) -> str:
     return found
 
 
+def die_with_parent() -> None:
+    """In a child process before exec: get SIGTERM when the parent dies (Linux), so nodes
+    started by a proxy or a test run never outlive it, even if it is killed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port(host: str = HOST) -> int:
     """A TCP port nobody listens on right now (the caller binds it soon after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -181,7 +193,8 @@ def start_redis(
             args += ["--replicaof", host, rport]
         args += list(options.extra)
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=die_with_parent)
         node = RedisProcess(chosen, proc, wd, password=options.password, _owns_workdir=owns)
         try:
             wait_until(lambda n=node: redis_ping(HOST, n.port, password=n.password), timeout,
