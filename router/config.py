@@ -71,6 +71,12 @@ class ProxyConfig:
     node_password: str | None = None
     #: The database the proxy SELECTs on every node connection (twemproxy's ``redis_db``).
     node_db: int = 0
+    #: KEYS walks every key of every node; some operators forbid it.
+    allow_keys: bool = True
+    #: FLUSHDB / FLUSHALL empty every node.
+    allow_flush: bool = True
+    #: EVAL/FCALL with no keys: "first-node" runs them on the first node, "refuse" refuses.
+    scripts_without_keys: str = "first-node"
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -84,6 +90,8 @@ class ProxyConfig:
         split_address(self.listen)
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.scripts_without_keys not in ("first-node", "refuse"):
+            raise ConfigError("scripts_without_keys must be 'first-node' or 'refuse'")
 
     @property
     def listen_host(self) -> str:
@@ -110,6 +118,11 @@ class ProxyConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return Placement(get_hash(self.hash), distribution, tag)
+
+    def route_options(self):
+        from .route_table import RouteOptions
+
+        return RouteOptions(self.allow_keys, self.allow_flush, self.scripts_without_keys)
 
     def request_limits(self) -> RequestLimits:
         return RequestLimits(self.limits.max_bulk_bytes, self.limits.max_args,

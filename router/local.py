@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from . import __version__, resp
+from .routes import Route, Sink
 
 #: The Redis version the proxy reports in HELLO and INFO: the command surface it implements.
 REDIS_COMPAT_VERSION = "7.0.0"
@@ -158,10 +159,6 @@ def client_reply(args: list[bytes], session) -> bytes:
                       "matched to requests in order on shared node connections")
 
 
-def info(args: list[bytes], session) -> bytes:
-    return resp.verbatim(session.server.info_text(args[1:]), session.proto)
-
-
 def reset(args: list[bytes], session) -> bytes:
     session.name = None
     session.set_proto(2)
@@ -182,5 +179,41 @@ HANDLERS: dict[str, Handler] = {
     "client|info": client_info,
     "client|list": client_list,
     "client|reply": client_reply,
-    "info": info,
 }
+
+
+def reply_text(raw: bytes) -> str | None:
+    """The text of a bulk or verbatim reply (a node's INFO), None for anything else."""
+    if raw[:1] not in (b"$", b"="):
+        return None
+    body = raw[raw.find(b"\r\n") + 2:-2]
+    if raw[:1] == b"=":
+        body = body[4:]  # "txt:"
+    return body.decode(errors="replace")
+
+
+class Info(Route):
+    """INFO: the proxy's own sections, with memory and keyspace figures summed over the
+    nodes (so ``redis-cli --stat`` shows the whole keyspace) and a ``nodes`` section."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, name: str, arity: int, count: int) -> None:
+        super().__init__(name, arity)
+        self.count = count
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        server = getattr(sink, "server", None)
+        if server is None:
+            sink.reply(resp.error("ERR ringleader: INFO describes a proxy"))
+            return
+        sections = [a.decode(errors="replace").lower() for a in args[1:]]
+        request = [b"INFO", b"memory", b"keyspace"]
+
+        def merge(parts: list[bytes], proto: int) -> bytes:
+            return resp.verbatim(server.info_text(sections, [reply_text(p) for p in parts]), proto)
+
+        sink.fanout([(node, request) for node in range(self.count)], merge)
+
+    def describe(self) -> str:
+        return "proxy-local, with the nodes' memory and keyspace summed"

@@ -8,22 +8,33 @@ is found with one dict lookup on the command name exactly as the client sent it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from . import local
 from .commands import CommandTable, unknown_command_error, unknown_subcommand_error
 from .placement import Placement
 from .routes import (
+    AllNodes,
     FirstNode,
     Guard,
     Local,
     Refuse,
     Route,
     SameNode,
+    Scan,
     SingleKey,
     Sink,
     SplitCount,
     SplitGet,
     SplitSet,
+    merge_all_ok,
+    merge_all_true,
+    merge_concat,
+    merge_min_integer,
+    merge_not_busy,
+    merge_random_present,
+    merge_same,
+    merge_sum,
 )
 
 #: Keyless commands any node answers the same way (the first node is asked).
@@ -78,11 +89,45 @@ NOT_YET = {
     "pub/sub needs a dedicated node connection per client":
         ("subscribe", "unsubscribe", "psubscribe", "punsubscribe", "publish", "pubsub",
          "ssubscribe", "sunsubscribe", "spublish"),
-    "scripts are not routed yet":
-        ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro", "script", "function"),
-    "keyspace-wide commands are not served yet":
-        ("scan", "keys", "dbsize", "randomkey", "flushdb", "flushall", "lastsave", "wait"),
+    "WAIT counts the replicas of one connection's writes, and a client's writes travel "
+    "on shared connections": ("wait",),
 }
+
+#: Keyless commands every node runs, and how their replies combine.
+ALL_NODES: dict[str, tuple] = {
+    "dbsize": (merge_sum, "counts summed"),
+    "keys": (merge_concat, "keys concatenated"),
+    "flushdb": (merge_all_ok, "OK when all are"),
+    "flushall": (merge_all_ok, "OK when all are"),
+    "randomkey": (merge_random_present, "a random node's key"),
+    "lastsave": (merge_min_integer, "the oldest save"),
+    "script|load": (merge_same, "the same SHA from each"),
+    "script|exists": (merge_all_true, "present only if on every node"),
+    "script|flush": (merge_all_ok, "OK when all are"),
+    "script|kill": (merge_not_busy, "OK if any node was busy"),
+    "function|load": (merge_same, "the same library name from each"),
+    "function|delete": (merge_all_ok, "OK when all are"),
+    "function|flush": (merge_all_ok, "OK when all are"),
+    "function|restore": (merge_all_ok, "OK when all are"),
+    "function|kill": (merge_not_busy, "OK if any node was busy"),
+}
+
+FIRST_NODE_EXTRA = frozenset({"function|list", "function|dump", "function|stats",
+                              "script|help", "function|help"})
+
+SCRIPTS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """Operator choices about commands that touch the whole keyspace."""
+
+    #: KEYS walks every key of every node; some operators forbid it.
+    allow_keys: bool = True
+    #: FLUSHDB / FLUSHALL empty every node.
+    allow_flush: bool = True
+    #: Scripts called with no keys: "first-node" runs them there, "refuse" refuses them.
+    scripts_without_keys: str = "first-node"
 
 #: Proxy-local commands newer than the shipped command table (Redis 7.0), with their arity.
 LOCAL_ONLY = {"client|setinfo": 4}
@@ -109,10 +154,12 @@ def single_key_position(spec) -> int | None:
 class RouteTable:
     """Routes for every command of ``table`` over the nodes of one topology."""
 
-    def __init__(self, table: CommandTable, placement: Placement, labels: Sequence[str]) -> None:
+    def __init__(self, table: CommandTable, placement: Placement, labels: Sequence[str],
+                 options: RouteOptions | None = None) -> None:
         self.table = table
         self.placement = placement
         self.labels = list(labels)
+        self.options = options or RouteOptions()
         self._not_yet = _not_yet_reasons()
         self.routes: dict[str, Route] = {}
         for spec in table.all_specs():
@@ -161,11 +208,24 @@ class RouteTable:
         handler = local.HANDLERS.get(name)
         if handler is not None:
             return Local(name, arity, handler)
+        if name == "info":
+            return local.Info(name, arity, len(self.labels))
         if name in SPLIT:
             cls, step = SPLIT[name]
             return cls(name, arity, self.placement, step)
-        if name in FIRST_NODE:
+        if name in FIRST_NODE or name in FIRST_NODE_EXTRA:
             return FirstNode(name, arity)
+        if name == "scan":
+            return Scan(name, arity, len(self.labels))
+        if name in ALL_NODES:
+            if name == "keys" and not self.options.allow_keys:
+                return Refuse(name, arity, "ERR ringleader: 'KEYS' is disabled by the "
+                              "operator (allow_keys = false); use SCAN")
+            if name in ("flushdb", "flushall") and not self.options.allow_flush:
+                return Refuse(name, arity, f"ERR ringleader: '{shown}' is disabled by the "
+                              "operator (allow_flush = false)")
+            merge, how = ALL_NODES[name]
+            return AllNodes(name, arity, len(self.labels), merge, how)
         top = name.split("|")[0]
         if top in REFUSED:
             return Refuse(name, arity,
@@ -187,7 +247,11 @@ class RouteTable:
         if pos is not None:
             route = SingleKey(name, arity, pos, self.placement)
         else:
-            route = SameNode(spec, self.placement, self.labels)
+            keyless = None
+            if name in SCRIPTS and self.options.scripts_without_keys == "refuse":
+                keyless = (f"ERR ringleader: '{shown}' with no keys is refused "
+                           "(scripts_without_keys = refuse): pass the keys it uses")
+            route = SameNode(spec, self.placement, self.labels, keyless)
         if name in ("xread", "xreadgroup"):
             route = Guard(route, b"BLOCK", b"STREAMS",
                           f"ERR ringleader: '{name.upper()} BLOCK' is not supported yet: blocking "
@@ -196,5 +260,6 @@ class RouteTable:
 
     def describe(self) -> dict[str, str]:
         """Command name to how it is served (for the docs' command table)."""
-        return {name: route.describe() for name, route in sorted(self.routes.items())}
+        return {name: route.describe() for name, route in sorted(self.routes.items())
+                if not self.table.get(name) or not self.table.get(name).subcommands}
 

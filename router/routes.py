@@ -7,6 +7,7 @@ merge their replies, or ``reply`` at once. The proxy and the library client shar
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -150,13 +151,15 @@ class SameNode(Route):
     when they do, refused with ``-CROSSSLOT`` when they do not. Keyless invocations (EVAL
     with numkeys 0) go to the first node, so they are deterministic."""
 
-    __slots__ = ("spec", "node_of", "labels")
+    __slots__ = ("spec", "node_of", "labels", "keyless_reply")
 
-    def __init__(self, spec, placement: Placement, labels: Sequence[str]) -> None:
+    def __init__(self, spec, placement: Placement, labels: Sequence[str],
+                 keyless_error: str | None = None) -> None:
         super().__init__(spec.name, spec.arity)
         self.spec = spec
         self.node_of = placement.node_index
         self.labels = labels
+        self.keyless_reply = resp.error(keyless_error) if keyless_error else None
 
     def run(self, args: list[bytes], sink: Sink) -> None:
         try:
@@ -165,7 +168,10 @@ class SameNode(Route):
             sink.reply(resp.error(str(exc)))
             return
         if not positions:
-            sink.forward(0, args)
+            if self.keyless_reply is not None:
+                sink.reply(self.keyless_reply)
+            else:
+                sink.forward(0, args)
             return
         node_of = self.node_of
         home = node_of(args[positions[0]])
@@ -272,10 +278,10 @@ class SplitSet(_Split):
     __slots__ = ()
 
     def merger(self, nodes: list[int], order: list[int]) -> Merge:
-        return _merge_all_ok
+        return merge_all_ok
 
 
-def _merge_all_ok(parts: list[bytes], proto: int) -> bytes:
+def merge_all_ok(parts: list[bytes], proto: int) -> bytes:
     return first_error(parts) or resp.OK
 
 
@@ -285,10 +291,10 @@ class SplitCount(_Split):
     __slots__ = ()
 
     def merger(self, nodes: list[int], order: list[int]) -> Merge:
-        return _merge_sum
+        return merge_sum
 
 
-def _merge_sum(parts: list[bytes], proto: int) -> bytes:
+def merge_sum(parts: list[bytes], proto: int) -> bytes:
     err = first_error(parts)
     if err is not None:
         return err
@@ -328,3 +334,133 @@ class Guard(Route):
 
     def describe(self) -> str:
         return f"{self.inner.describe()}; refused with {self.word.decode()}"
+
+
+class AllNodes(Route):
+    """A keyless command every node must run (DBSIZE, KEYS, FLUSHALL, SCRIPT LOAD...): sent to
+    each node, replies combined by ``merge``."""
+
+    __slots__ = ("count", "merge", "how")
+
+    def __init__(self, name: str, arity: int, count: int, merge: Merge, how: str) -> None:
+        super().__init__(name, arity)
+        self.count = count
+        self.merge = merge
+        self.how = how
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        sink.fanout([(node, args) for node in range(self.count)], self.merge)
+
+    def describe(self) -> str:
+        return f"every node, {self.how}"
+
+
+def merge_concat(parts: list[bytes], proto: int) -> bytes:
+    """KEYS: every node's keys in one array."""
+    err = first_error(parts)
+    if err is not None:
+        return err
+    items: list[bytes] = []
+    for part in parts:
+        elements = resp.split_reply_array(part)
+        if elements is None:
+            return resp.error("ERR ringleader: unexpected reply to a fanned-out command")
+        items.extend(elements)
+    return resp.array_of_raw(items)
+
+
+def merge_same(parts: list[bytes], proto: int) -> bytes:
+    """SCRIPT LOAD, FUNCTION LOAD: every node must give the same answer."""
+    err = first_error(parts)
+    if err is not None:
+        return err
+    if any(part != parts[0] for part in parts[1:]):
+        return resp.error("ERR ringleader: nodes disagree about this command's result")
+    return parts[0]
+
+
+def merge_all_true(parts: list[bytes], proto: int) -> bytes:
+    """SCRIPT EXISTS: a script exists only if every node has it (it may run on any)."""
+    err = first_error(parts)
+    if err is not None:
+        return err
+    columns = [resp.split_reply_array(part) for part in parts]
+    if any(c is None or len(c) != len(columns[0]) for c in columns):
+        return resp.error("ERR ringleader: unexpected reply to SCRIPT EXISTS")
+    flags = [all(col[i] == b":1\r\n" for col in columns) for i in range(len(columns[0]))]
+    return resp.array_of_raw([b":1\r\n" if f else b":0\r\n" for f in flags])
+
+
+def merge_min_integer(parts: list[bytes], proto: int) -> bytes:
+    """LASTSAVE: the oldest save among the nodes (nothing newer is guaranteed on all)."""
+    err = first_error(parts)
+    if err is not None:
+        return err
+    values = [resp.parse_integer(p) for p in parts]
+    if None in values:
+        return resp.error("ERR ringleader: unexpected reply to a fanned-out command")
+    return resp.integer(min(values))
+
+
+def merge_random_present(parts: list[bytes], proto: int) -> bytes:
+    """RANDOMKEY: a key from a random node that has any (nil only if all are empty)."""
+    err = first_error(parts)
+    if err is not None:
+        return err
+    present = [p for p in parts if p not in (resp.NULL2, resp.NULL3)]
+    return random.choice(present) if present else parts[0]
+
+
+def merge_not_busy(parts: list[bytes], proto: int) -> bytes:
+    """SCRIPT KILL / FUNCTION KILL: OK if some node was running a script, else NOTBUSY."""
+    for part in parts:
+        if part == resp.OK:
+            return part
+    return parts[0]
+
+
+class Scan(Route):
+    """SCAN over every node with one cursor: ``node_cursor * nodes + node_index``.
+
+    Nodes are scanned one after another, each with Redis's own guarantee, so every key
+    present for the whole iteration is returned. When a node's cursor comes back 0 the next
+    node starts; 0 is returned only after the last node.
+    """
+
+    __slots__ = ("count", "error_reply")
+
+    def __init__(self, name: str, arity: int, count: int) -> None:
+        super().__init__(name, arity)
+        self.count = count
+        self.error_reply = resp.error("ERR invalid cursor")
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        try:
+            cursor = int(args[1])
+        except ValueError:
+            sink.reply(self.error_reply)
+            return
+        if cursor < 0:
+            sink.reply(self.error_reply)
+            return
+        count = self.count
+        index, node_cursor = cursor % count, cursor // count
+        sub = [args[0], b"%d" % node_cursor, *args[2:]]
+
+        def merge(parts: list[bytes], proto: int) -> bytes:
+            part = parts[0]
+            if part[:1] != b"*":
+                return part
+            head_end = part.find(b"\r\n") + 2
+            cursor_end = resp.reply_end(part, head_end, len(part))
+            next_node_cursor = int(part[head_end:cursor_end].split(b"\r\n")[1])
+            if next_node_cursor:
+                outer = next_node_cursor * count + index
+            else:
+                outer = index + 1 if index + 1 < count else 0
+            return b"*2\r\n" + resp.bulk(b"%d" % outer) + part[cursor_end:]
+
+        sink.fanout([(index, sub)], merge)
+
+    def describe(self) -> str:
+        return "every node in turn, one cursor"

@@ -61,7 +61,8 @@ class ProxyServer:
         self.config = config
         self.table = table or CommandTable.default()
         self.placement = config.placement()
-        self.routes = RouteTable(self.table, self.placement, [n.address for n in config.nodes])
+        self.routes = RouteTable(self.table, self.placement, [n.address for n in config.nodes],
+                                 config.route_options())
         self.poller = Poller()
         self.backend: Backend | None = None
         self._sessions: dict[int, ClientSession] = {}
@@ -73,6 +74,7 @@ class ProxyServer:
         self.connections_total = 0
         self.rejected_total = 0
         self.commands_total = 0
+        self.ops_per_sec = 0
         self.address: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ running
@@ -89,6 +91,7 @@ class ProxyServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.poller.run, name="poller")
+                nursery.start_soon(self._measure_rate)
                 self.backend = Backend(self.config.nodes, node_settings(self.config), nursery,
                                        self.poller)
                 self.backend.connections(2)  # connect now, not on the first request
@@ -153,11 +156,15 @@ class ProxyServer:
 
     # ------------------------------------------------------------------ INFO
 
-    def info_text(self, sections: list[bytes]) -> str:
-        """The proxy's INFO: its own sections, in Redis's ``# Section`` / ``key:value`` form."""
+    def info_text(self, sections: list[str], node_texts: list[str | None]) -> str:
+        """The proxy's INFO, in Redis's ``# Section`` / ``key:value`` form. ``node_texts``
+        are the nodes' own ``INFO memory keyspace`` replies (None for a node that failed)."""
         uptime = int(time.monotonic() - self.started)
         host, port = self.address or ("", 0)
-        parts = {
+        node_fields = [parse_info(text) if text else None for text in node_texts]
+        used_memory = sum(int(f.get("used_memory", 0)) for f in node_fields if f)
+        keys = [keyspace_counts(f) if f else (0, 0) for f in node_fields]
+        parts: dict[str, dict[str, object]] = {
             "server": {
                 "redis_version": REDIS_COMPAT_VERSION,
                 "ringleader_version": __version__,
@@ -169,26 +176,42 @@ class ProxyServer:
             },
             "clients": {
                 "connected_clients": len(self._sessions),
+                "blocked_clients": 0,
                 "maxclients": self.config.limits.max_clients,
+            },
+            "memory": {
+                "used_memory": used_memory,
+                "used_memory_human": human_bytes(used_memory),
             },
             "stats": {
                 "total_connections_received": self.connections_total,
                 "total_commands_processed": self.commands_total,
+                "instantaneous_ops_per_sec": self.ops_per_sec,
                 "rejected_connections": self.rejected_total,
             },
+            "keyspace": {},
             "nodes": {},
         }
-        if self.backend is not None:
-            for index, node in enumerate(self.config.nodes):
-                conns = [c for c in self.backend.all_connections() if c.address == node.address]
-                state = "up" if conns and all(c.state == "up" for c in conns) else (
-                    conns[0].state if conns else "unknown")
-                requests = sum(c.requests_total for c in conns)
-                errors = sum(c.errors_total for c in conns)
-                parts["nodes"][f"node{index}"] = (
-                    f"address={node.address},name={node.label},weight={node.weight},"
-                    f"state={state},requests={requests},errors={errors}")
-        wanted = {s.decode().lower() for s in sections} - {"all", "everything", "default"}
+        total_keys = sum(k for k, _ in keys)
+        total_expires = sum(e for _, e in keys)
+        if total_keys:
+            parts["keyspace"]["db0"] = f"keys={total_keys},expires={total_expires},avg_ttl=0"
+        conns = self.backend.all_connections() if self.backend is not None else []
+        for index, node in enumerate(self.config.nodes):
+            mine = [c for c in conns if c.node is node]
+            state = "up" if mine and all(c.state == "up" for c in mine) else (
+                next((c.state for c in mine if c.state != "up"), "unknown"))
+            if index < len(node_fields) and node_fields[index] is None and state == "up":
+                state = "error"
+            latency = max((c.latency_us for c in mine), default=0.0)
+            parts["nodes"][f"node{index}"] = (
+                f"address={node.address},name={node.label},weight={node.weight},state={state},"
+                f"keys={keys[index][0] if index < len(keys) else 0},"
+                f"requests={sum(c.requests_total for c in mine)},"
+                f"errors={sum(c.errors_total for c in mine)},"
+                f"latency_us={latency:.0f},"
+                f"latency_max_us={max((c.latency_max_us for c in mine), default=0.0):.0f}")
+        wanted = set(sections) - {"all", "everything", "default"}
         lines = []
         for section, values in parts.items():
             if wanted and section not in wanted:
@@ -197,3 +220,35 @@ class ProxyServer:
             lines.extend(f"{k}:{v}" for k, v in values.items())
             lines.append("")
         return "\r\n".join(lines)
+
+    async def _measure_rate(self) -> None:
+        """``instantaneous_ops_per_sec``: commands over the last second."""
+        last = self.commands_total
+        while True:
+            await trio.sleep(1)
+            self.ops_per_sec = self.commands_total - last
+            last = self.commands_total
+
+
+def parse_info(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[key] = value.strip()
+    return fields
+
+
+def keyspace_counts(fields: dict[str, str]) -> tuple[int, int]:
+    """keys and expires of db0 from a node's INFO keyspace fields."""
+    entry = fields.get("db0", "")
+    values = dict(item.split("=", 1) for item in entry.split(",") if "=" in item)
+    return int(values.get("keys", 0)), int(values.get("expires", 0))
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "K", "M", "G", "T"):
+        if n < 1024 or unit == "T":
+            return f"{n:.2f}{unit}" if unit != "B" else f"{n}B"
+        n /= 1024
+    return f"{n}B"
