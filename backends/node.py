@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -61,7 +62,13 @@ class NodeConnection:
     hang watchdog and reconnecting with backoff run in this connection's own task, ``run``.
     """
 
-    def __init__(self, node: NodeSpec, proto: int, settings: NodeSettings, poller: Poller) -> None:
+    def __init__(self, node: NodeSpec, proto: int, settings: NodeSettings, poller: Poller,
+                 *, dedicated: bool = False) -> None:
+        #: A dedicated connection belongs to one client (WATCH state, blocking commands): it
+        #: has no hang watchdog (a blocked command may wait forever) and is not re-opened
+        #: when lost, since the state it held on the node is gone with it.
+        self.dedicated = dedicated
+        self._scope: trio.CancelScope | None = None
         self.node = node
         self.address = node.address
         self.proto = proto
@@ -80,8 +87,12 @@ class NodeConnection:
         self._down_error = resp.error(f"ERR ringleader: node {self.address} is down")
         # statistics for INFO
         self.requests_total = 0
+        self.replies_total = 0  # replies matched, and requests failed: FIFO positions done
         self.errors_total = 0
         self.connects_total = 0
+        self.latency_us = 0.0  # smoothed round trip of a batch, sampled one batch at a time
+        self.latency_max_us = 0.0
+        self._probe: tuple[int, float] | None = None
 
     # ------------------------------------------------------------------ data path (poller)
 
@@ -98,6 +109,20 @@ class NodeConnection:
             self.poller.node_dirty(self)
         return None
 
+    def submit_many(self, payloads: list[bytes], entries: list) -> bytes | None:
+        """Queue several requests back to back (a transaction: nothing else can come between
+        them); returns an error reply instead when the node is down."""
+        if self.state is DOWN:
+            self.errors_total += len(entries)
+            return self._down_error
+        self.requests_total += len(entries)
+        self.outbuf.extend(payloads)
+        self.fifo.extend(entries)
+        if not self.dirty:
+            self.dirty = True
+            self.poller.node_dirty(self)
+        return None
+
     def flush(self) -> None:
         """Send everything queued in one write, without waiting."""
         if self.state is not UP or self._unsent is not None or not self.outbuf:
@@ -105,6 +130,8 @@ class NodeConnection:
         outbuf = self.outbuf
         data = outbuf[0] if len(outbuf) == 1 else b"".join(outbuf)
         outbuf.clear()
+        if self._probe is None:  # time this batch's last reply
+            self._probe = (self.requests_total, time.perf_counter())
         try:
             sent = self.sock.send(data)
         except BlockingIOError:
@@ -190,6 +217,14 @@ class NodeConnection:
             return
         self._inbuf = buf[pos:] if pos < n else b""
         self._replies += 1
+        self.replies_total = self.requests_total - len(fifo)
+        probe = self._probe
+        if probe is not None and self.replies_total >= probe[0]:
+            self._probe = None
+            sample = (time.perf_counter() - probe[1]) * 1e6
+            self.latency_us = sample if not self.latency_us else 0.9 * self.latency_us + 0.1 * sample
+            if sample > self.latency_max_us:
+                self.latency_max_us = sample
         if touched:
             self.poller.clients_dirty(touched)
 
@@ -210,7 +245,19 @@ class NodeConnection:
     # ------------------------------------------------------------------ lifecycle (task)
 
     async def run(self) -> None:
-        """Connect, serve, and on failure fail every outstanding request and retry."""
+        """Connect, serve, and on failure fail every outstanding request and retry (a
+        dedicated connection ends instead)."""
+        with trio.CancelScope() as self._scope:
+            await self._run()
+
+    def close(self) -> None:
+        """Stop this connection (its outstanding requests fail); used for dedicated ones."""
+        if self._scope is not None:
+            self._scope.cancel()
+        if self.state is not UP:
+            self._fail_all("closed")
+
+    async def _run(self) -> None:
         delay = self.settings.retry_initial
         while True:
             # Requests wait only for the first connection; after a failure they fail fast
@@ -221,6 +268,8 @@ class NodeConnection:
                 if not isinstance(exc, OSError | NodeFailure | trio.TooSlowError):
                     log.exception("node %s: unexpected error while connecting", self.address)
                 self._fail_all(f"unreachable ({_describe(exc)})")
+                if self.dedicated:
+                    return
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max)
                 continue
@@ -238,7 +287,8 @@ class NodeConnection:
                 self.poller.node_dirty(self)
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watchdog)
+                    if not self.dedicated:
+                        nursery.start_soon(self._watchdog)
                     await self._failed.wait()
                     nursery.cancel_scope.cancel()
             finally:
@@ -246,6 +296,8 @@ class NodeConnection:
                 self.poller.unregister(sock.fileno())
                 close(sock)
                 self.sock = None
+            if self.dedicated:
+                return
 
     async def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -327,6 +379,8 @@ class NodeConnection:
             "not have been applied")
         self.outbuf.clear()
         self._unsent = None
+        self._probe = None
+        self.dirty = False
         touched = []
         fifo = self.fifo
         self.errors_total += len(fifo)

@@ -38,6 +38,14 @@ class Backend:
             self._by_proto[proto] = conns
         return conns
 
+    def open_dedicated(self, index: int, proto: int) -> NodeConnection:
+        """A connection to node ``index`` for one client alone (WATCH, blocking commands);
+        the client closes it."""
+        conn = NodeConnection(self.nodes[index], proto, self.settings, self.poller,
+                              dedicated=True)
+        self._nursery.start_soon(conn.run, name=f"dedicated {conn.address}")
+        return conn
+
     def all_connections(self) -> list[NodeConnection]:
         return [conn for conns in self._by_proto.values() for conn in conns]
 

@@ -62,3 +62,13 @@ class Part:
             log.exception("merge failed")
             parent.data = resp.error(f"ERR ringleader: could not merge replies ({exc})")
         return parent.client
+
+
+class Discard:
+    """A reply nobody waits for (MULTI's +OK and the +QUEUED replies of a transaction sent in
+    one batch): dropped on arrival."""
+
+    __slots__ = ()
+
+    def fill(self, raw: bytes) -> None:
+        return None

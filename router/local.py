@@ -160,12 +160,31 @@ def client_reply(args: list[bytes], session) -> bytes:
 
 
 def reset(args: list[bytes], session) -> bytes:
-    session.name = None
-    session.set_proto(2)
+    session.reset_state()
     return resp.simple("RESET")
 
 
+def multi(args: list[bytes], session) -> bytes:
+    return session.begin_transaction()
+
+
+def exec_(args: list[bytes], session) -> bytes | None:
+    return session.end_transaction(commit=True)
+
+
+def discard(args: list[bytes], session) -> bytes | None:
+    return session.end_transaction(commit=False)
+
+
+def unwatch(args: list[bytes], session) -> bytes | None:
+    return session.unwatch()
+
+
 HANDLERS: dict[str, Handler] = {
+    "multi": multi,
+    "exec": exec_,
+    "discard": discard,
+    "unwatch": unwatch,
     "ping": ping,
     "echo": echo,
     "quit": quit_,

@@ -15,8 +15,8 @@ from .commands import CommandTable, unknown_command_error, unknown_subcommand_er
 from .placement import Placement
 from .routes import (
     AllNodes,
+    Blocking,
     FirstNode,
-    Guard,
     Local,
     Refuse,
     Route,
@@ -27,6 +27,8 @@ from .routes import (
     SplitCount,
     SplitGet,
     SplitSet,
+    Watch,
+    WhenOption,
     merge_all_ok,
     merge_all_true,
     merge_concat,
@@ -84,8 +86,6 @@ REFUSED: dict[str, str] = {
 }
 
 NOT_YET = {
-    "transactions (MULTI/EXEC/WATCH) need a dedicated node connection per client":
-        ("multi", "exec", "discard", "watch", "unwatch"),
     "pub/sub needs a dedicated node connection per client":
         ("subscribe", "unsubscribe", "psubscribe", "punsubscribe", "publish", "pubsub",
          "ssubscribe", "sunsubscribe", "spublish"),
@@ -236,9 +236,10 @@ class RouteTable:
         if top == "client":
             return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported: the "
                           "client's connection ends at the proxy")
-        if spec.is_blocking and name not in ("xread", "xreadgroup"):
-            return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported yet: "
-                          "blocking commands need a dedicated node connection per client")
+        if name == "watch":
+            return Watch(spec, self.placement, self.labels)
+        if spec.is_blocking and spec.has_keys and name not in ("xread", "xreadgroup"):
+            return Blocking(spec, self.placement, self.labels)
         if not spec.has_keys:
             return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported: it names "
                           "no key, so there is no node to send it to")
@@ -253,9 +254,8 @@ class RouteTable:
                            "(scripts_without_keys = refuse): pass the keys it uses")
             route = SameNode(spec, self.placement, self.labels, keyless)
         if name in ("xread", "xreadgroup"):
-            route = Guard(route, b"BLOCK", b"STREAMS",
-                          f"ERR ringleader: '{name.upper()} BLOCK' is not supported yet: blocking "
-                          "commands need a dedicated node connection per client")
+            route = WhenOption(b"BLOCK", b"STREAMS", Blocking(spec, self.placement, self.labels),
+                               route)
         return route
 
     def describe(self) -> dict[str, str]:

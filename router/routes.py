@@ -79,16 +79,20 @@ class Refuse(Route):
 
 
 class Local(Route):
-    """Answered by the proxy itself: ``handler(args, sink)`` returns the encoded reply."""
+    """Answered by the proxy itself: ``handler(args, sink)`` returns the encoded reply (or
+    None when the handler has arranged for the reply itself, e.g. EXEC)."""
 
     __slots__ = ("handler",)
 
-    def __init__(self, name: str, arity: int, handler: Callable[[list[bytes], Sink], bytes]) -> None:
+    def __init__(self, name: str, arity: int,
+                 handler: Callable[[list[bytes], Sink], bytes | None]) -> None:
         super().__init__(name, arity)
         self.handler = handler
 
     def run(self, args: list[bytes], sink: Sink) -> None:
-        sink.reply(self.handler(args, sink))
+        raw = self.handler(args, sink)
+        if raw is not None:
+            sink.reply(raw)
 
     def describe(self) -> str:
         return "proxy-local"
@@ -161,28 +165,92 @@ class SameNode(Route):
         self.labels = labels
         self.keyless_reply = resp.error(keyless_error) if keyless_error else None
 
-    def run(self, args: list[bytes], sink: Sink) -> None:
+    def home(self, args: list[bytes], sink: Sink) -> int | None:
+        """The node all the keys are on; None after replying an error."""
         try:
             positions = self.spec.key_positions(args)
         except CommandError as exc:  # malformed numkeys and the like
             sink.reply(resp.error(str(exc)))
-            return
+            return None
         if not positions:
             if self.keyless_reply is not None:
                 sink.reply(self.keyless_reply)
-            else:
-                sink.forward(0, args)
-            return
+                return None
+            return 0
         node_of = self.node_of
         home = node_of(args[positions[0]])
         for p in positions[1:]:
             if node_of(args[p]) != home:
                 sink.reply(cross_node_error(self.name, args, positions, node_of, self.labels))
-                return
-        sink.forward(home, args)
+                return None
+        return home
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        node = self.home(args, sink)
+        if node is not None:
+            sink.forward(node, args)
 
     def describe(self) -> str:
         return "all keys on one node, else -CROSSSLOT"
+
+
+class Blocking(SameNode):
+    """Blocking commands (BLPOP, BLMOVE, XREAD BLOCK...): all keys on one node, run on the
+    client's own connection to that node, so a client blocked for minutes holds up no one."""
+
+    __slots__ = ()
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        node = self.home(args, sink)
+        if node is not None:
+            sink.forward_dedicated(node, args)
+
+    def describe(self) -> str:
+        return "keys on one node, on the client's own node connection"
+
+
+class Watch(SameNode):
+    """WATCH: keys on one node, watched on the client's own connection to that node, which
+    then runs the transaction."""
+
+    __slots__ = ()
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        node = self.home(args, sink)
+        if node is not None:
+            sink.watch(node, args)
+
+    def describe(self) -> str:
+        return "keys on one node, on the client's own node connection"
+
+
+class WhenOption(Route):
+    """Serves a command one way or another depending on an option before ``stop``
+    (XREAD ... BLOCK ... STREAMS: blocking only with BLOCK). Options are looked for only
+    before ``stop``, so a key that happens to be called "block" is not mistaken."""
+
+    __slots__ = ("word", "stop", "with_option", "without")
+
+    def __init__(self, word: bytes, stop: bytes, with_option: Route, without: Route) -> None:
+        super().__init__(without.name, without.arity)
+        self.word = word.upper()
+        self.stop = stop.upper()
+        self.with_option = with_option
+        self.without = without
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        word, stop = self.word, self.stop
+        for arg in args[1:]:
+            upper = arg.upper()
+            if upper == stop:
+                break
+            if upper == word:
+                self.with_option.serve(args, sink)
+                return
+        self.without.serve(args, sink)
+
+    def describe(self) -> str:
+        return f"{self.without.describe()}; with {self.word.decode()}: {self.with_option.describe()}"
 
 
 class _Split(Route):
@@ -305,35 +373,6 @@ def merge_sum(parts: list[bytes], proto: int) -> bytes:
             return resp.error("ERR ringleader: unexpected reply to a split command")
         total += value
     return resp.integer(total)
-
-
-class Guard(Route):
-    """Refuses a command when an option makes it unservable on a shared connection (XREAD
-    with BLOCK, say) and hands it to ``inner`` otherwise. Options are looked for only before
-    ``stop`` (XREAD's STREAMS), so a key that happens to be called "block" is not mistaken."""
-
-    __slots__ = ("inner", "word", "stop", "error_reply")
-
-    def __init__(self, inner: Route, word: bytes, stop: bytes, message: str) -> None:
-        super().__init__(inner.name, inner.arity)
-        self.inner = inner
-        self.word = word.upper()
-        self.stop = stop.upper()
-        self.error_reply = resp.error(message)
-
-    def serve(self, args: list[bytes], sink: Sink) -> None:
-        word, stop = self.word, self.stop
-        for arg in args[1:]:
-            upper = arg.upper()
-            if upper == stop:
-                break
-            if upper == word:
-                sink.reply(self.error_reply)
-                return
-        self.inner.serve(args, sink)
-
-    def describe(self) -> str:
-        return f"{self.inner.describe()}; refused with {self.word.decode()}"
 
 
 class AllNodes(Route):

@@ -176,7 +176,8 @@ class ProxyServer:
             },
             "clients": {
                 "connected_clients": len(self._sessions),
-                "blocked_clients": 0,
+                "blocked_clients": sum(1 for s in self._sessions.values()
+                                       if any(c.fifo for c in s.dedicated.values())),
                 "maxclients": self.config.limits.max_clients,
             },
             "memory": {

@@ -18,11 +18,21 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from backends.node import DOWN
 from backends.poller import IN, OUT
-from backends.slots import FanoutSlot, Part, Slot
+from backends.slots import Discard, FanoutSlot, Part, Slot
 
 from . import resp
 from .resp import RequestReader, pack_command
+from .transaction import (
+    DISCARD_WITHOUT_MULTI,
+    EXEC_WITHOUT_MULTI,
+    EXECABORT,
+    NESTED,
+    WATCH_IN_MULTI,
+    Capture,
+    Transaction,
+)
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -64,6 +74,9 @@ class ClientSession:
         self.lib_ver: bytes | None = None
         self.created = self.last_active = time.monotonic()
         self.last_request: list[bytes] = []
+        self.tx: Transaction | None = None
+        self.watch_node: int | None = None  # node whose dedicated connection holds WATCHes
+        self.dedicated: dict[int, object] = {}  # node index -> this client's own connection
         try:
             host, port = sock.getpeername()[:2]
             self.peer = f"{host}:{port}"
@@ -101,6 +114,107 @@ class ClientSession:
             self.pending.append(slot)
         else:
             self.out.append(raw)
+
+    def forward_dedicated(self, node: int, args: list[bytes]) -> None:
+        """Run on this client's own connection to ``node`` (blocking commands, WATCH)."""
+        payload = pack_command(tuple(args))
+        slot = Slot(self)
+        self.pending.append(slot)
+        err = self._dedicated(node).submit(payload, slot)
+        if err is not None:
+            slot.data = err
+
+    def _dedicated(self, node: int):
+        conn = self.dedicated.get(node)
+        if conn is None or conn.state is DOWN or conn.proto != self.proto:
+            if conn is not None:
+                conn.close()
+            conn = self.server.backend.open_dedicated(node, self.proto)
+            self.dedicated[node] = conn
+        return conn
+
+    # ------------------------------------------------------------------ transactions
+
+    def watch(self, node: int, args: list[bytes]) -> None:
+        if self.tx is not None:
+            self.reply(WATCH_IN_MULTI)
+            return
+        if self.watch_node is not None and node != self.watch_node:
+            self.reply(resp.error(
+                "CROSSSLOT ringleader: these keys are on another node than the keys already "
+                "WATCHed; a transaction runs on one node"))
+            return
+        self.watch_node = node
+        self.forward_dedicated(node, args)
+
+    def unwatch(self) -> bytes | None:
+        if self.watch_node is None:
+            return resp.OK
+        node, self.watch_node = self.watch_node, None
+        self.forward_dedicated(node, [b"UNWATCH"])
+        return None
+
+    def begin_transaction(self) -> bytes:
+        if self.tx is not None:
+            return NESTED
+        self.tx = Transaction(self.watch_node, self.server.routes.labels)
+        return resp.OK
+
+    def _queue(self, args: list[bytes]) -> None:
+        """A command between MULTI and EXEC: routed, checked, held until EXEC."""
+        name = args[0].upper()
+        if name in (b"EXEC", b"DISCARD", b"MULTI", b"WATCH", b"QUIT", b"RESET"):
+            self.server.routes.dispatch(args, self)
+            return
+        capture = Capture(self.proto)
+        self.server.routes.dispatch(args, capture)
+        self.reply(self.tx.queue(capture))
+
+    def end_transaction(self, commit: bool) -> bytes | None:
+        """EXEC (``commit``) or DISCARD; None when the reply will come from the node."""
+        tx, self.tx = self.tx, None
+        if tx is None:
+            return EXEC_WITHOUT_MULTI if commit else DISCARD_WITHOUT_MULTI
+        watched, self.watch_node = self.watch_node, None
+        if not commit:
+            if watched is not None:
+                self._send_quietly(self._dedicated(watched), [[b"UNWATCH"]])
+            return resp.OK
+        if tx.aborted:
+            if watched is not None:
+                self._send_quietly(self._dedicated(watched), [[b"UNWATCH"]])
+            return EXECABORT
+        if tx.node is None:
+            return b"*0\r\n"
+        if watched is not None:
+            conn = self.dedicated.get(watched)
+            if conn is None or conn.state is DOWN:
+                # the connection holding the WATCH is gone, so a watched key may have
+                # changed unseen: abort, as Redis does when a watched key changed
+                return resp.null(self.proto) if self.proto == 3 else b"*-1\r\n"
+        else:
+            conn = self.conns[tx.node]
+        batch = tx.batch()
+        slot = Slot(self)
+        self.pending.append(slot)
+        entries = [Discard() for _ in batch[:-1]] + [slot]
+        err = conn.submit_many([pack_command(tuple(a)) for a in batch], entries)
+        if err is not None:
+            slot.data = err
+        return None
+
+    def reset_state(self) -> None:
+        """RESET: out of any transaction, nothing watched, RESP2, no name."""
+        self.tx = None
+        if self.watch_node is not None:
+            self._send_quietly(self._dedicated(self.watch_node), [[b"UNWATCH"]])
+            self.watch_node = None
+        self.name = None
+        self.set_proto(2)
+
+    def _send_quietly(self, conn, requests: list[list[bytes]]) -> None:
+        conn.submit_many([pack_command(tuple(a)) for a in requests],
+                         [Discard() for _ in requests])
 
     # ------------------------------------------------------------------ connection state
 
@@ -159,8 +273,9 @@ class ClientSession:
         except OSError:
             self._broken()
             return
-        if not data:  # the client is done sending; replies to what it sent still go out
-            self.stop_reading()
+        if not data:  # the client hung up: like Redis, drop it (this also releases any
+            self._broken()  # command it has blocked on a node)
+            return
         else:
             try:
                 requests = self.framer.feed(data)
@@ -191,10 +306,12 @@ class ClientSession:
             if not args:
                 continue
             try:
-                if self.authenticated:
-                    dispatch(args, self)
-                else:
+                if not self.authenticated:
                     self._dispatch_unauthenticated(args)
+                elif self.tx is not None:
+                    self._queue(args)
+                else:
+                    dispatch(args, self)
             except Exception as exc:  # a bad request or a bug must not take others down
                 if any(type(a) is not bytes for a in args):
                     self.reply(resp.error("ERR Protocol error: expected '$', got something else"))
@@ -321,6 +438,9 @@ class ClientSession:
             return
         self.closed = True
         self.reading = False
+        for conn in self.dedicated.values():  # releases blocked commands and WATCHes
+            conn.close()
+        self.dedicated.clear()
         self.poller.unregister(self.fd)
         try:
             self.sock.close()
