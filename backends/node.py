@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -68,6 +69,11 @@ class NodeConnection:
         #: has no hang watchdog (a blocked command may wait forever) and is not re-opened
         #: when lost, since the state it held on the node is gone with it.
         self.dedicated = dedicated
+        #: Subscribed connections: every reply is a push for ``on_push``, none is matched to
+        #: a request.
+        self.on_push: Callable[[bytes], None] | None = None
+        #: Told when a dedicated connection is lost (its client may have to go too).
+        self.on_lost: Callable[[str], None] | None = None
         self._scope: trio.CancelScope | None = None
         self.node = node
         self.address = node.address
@@ -104,6 +110,16 @@ class NodeConnection:
         self.requests_total += 1
         self.outbuf.append(payload)
         self.fifo.append(entry)
+        if not self.dirty:
+            self.dirty = True
+            self.poller.node_dirty(self)
+        return None
+
+    def send_unmatched(self, payload: bytes) -> bytes | None:
+        """Queue a request whose replies go to ``on_push`` (SUBSCRIBE and friends)."""
+        if self.state is DOWN:
+            return self._down_error
+        self.outbuf.append(payload)
         if not self.dirty:
             self.dirty = True
             self.poller.node_dirty(self)
@@ -173,6 +189,9 @@ class NodeConnection:
             self.lost("closed the connection")
             return
         buf = self._inbuf + data if self._inbuf else data
+        if self.on_push is not None:
+            self._deliver_pushes(buf)
+            return
         fifo = self.fifo
         n = len(buf)
         pos = 0
@@ -227,6 +246,21 @@ class NodeConnection:
                 self.latency_max_us = sample
         if touched:
             self.poller.clients_dirty(touched)
+
+    def _deliver_pushes(self, buf: bytes) -> None:
+        pos, n = 0, len(buf)
+        try:
+            while pos < n:
+                end = resp.reply_end(buf, pos, n)
+                if end < 0:
+                    break
+                self.on_push(buf[pos:end])
+                pos = end
+        except (resp.ProtocolError, ValueError) as exc:
+            self._inbuf = b""
+            self.lost(f"sent a malformed reply ({exc})")
+            return
+        self._inbuf = buf[pos:] if pos < n else b""
 
     def lost(self, reason: str) -> None:
         """The connection is unusable: fail what is outstanding; ``run`` reconnects."""
@@ -391,6 +425,8 @@ class NodeConnection:
                 touched.append(client)
         if touched:
             self.poller.clients_dirty(touched)
+        if self.on_lost is not None:
+            self.on_lost(reason)
 
 
 def _describe(exc: BaseException) -> str:

@@ -74,8 +74,8 @@ RECV_SIZE = 64 * 1024
 
 class RoutingError(RedisError):
     """A command library mode cannot serve: it needs state that lives on one connection
-    (a transaction, a subscription, a blocking pop) or on the proxy (CLIENT LIST, INFO).
-    Run it through the proxy, or against one node directly."""
+    (a transaction, a subscription) or on the proxy (CLIENT LIST). Raised before anything
+    is sent, so nothing ran; run it through the proxy, or against one node directly."""
 
 
 class NodeConnectionError(RedisConnectionError):

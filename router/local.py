@@ -19,6 +19,8 @@ Handler = Callable[[list[bytes], object], bytes]
 
 
 def ping(args: list[bytes], session) -> bytes:
+    if getattr(session, "subscribed_resp2", False):  # Redis's reply in subscribed mode
+        return b"*2\r\n$4\r\npong\r\n" + resp.bulk(args[1] if len(args) > 1 else b"")
     if len(args) == 1:
         return resp.PONG
     if len(args) == 2:
@@ -180,7 +182,17 @@ def unwatch(args: list[bytes], session) -> bytes | None:
     return session.unwatch()
 
 
+def subscribe_family(args: list[bytes], session) -> None:
+    session.pubsub(args)
+
+
 HANDLERS: dict[str, Handler] = {
+    "subscribe": subscribe_family,
+    "ssubscribe": subscribe_family,
+    "psubscribe": subscribe_family,
+    "unsubscribe": subscribe_family,
+    "sunsubscribe": subscribe_family,
+    "punsubscribe": subscribe_family,
     "multi": multi,
     "exec": exec_,
     "discard": discard,

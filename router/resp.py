@@ -153,14 +153,17 @@ def reply_end(buf: bytes, pos: int, n: int) -> int:
 
 
 def split_reply_array(raw: bytes) -> list[bytes] | None:
-    """The elements of an array reply as raw bytes, or None if ``raw`` is not an array
-    (an error, say). Used to merge fan-out replies such as MGET's."""
-    if not raw or raw[0] not in (0x2A, 0x7E):  # '*' or '~'
+    """The elements of an array, set or map reply (a map's keys and values alternating) as
+    raw bytes, or None if ``raw`` is none of those (an error, say). Used to merge fan-out
+    replies such as MGET's."""
+    if not raw or raw[0] not in (0x2A, 0x7E, 0x25):  # '*', '~' or '%'
         return None
     nl = raw.find(CRLF)
     count = int(raw[1:nl])
     if count < 0:
         return None
+    if raw[0] == 0x25:
+        count *= 2
     items = []
     pos = nl + 2
     n = len(raw)

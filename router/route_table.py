@@ -16,6 +16,7 @@ from .placement import Placement
 from .routes import (
     AllNodes,
     Blocking,
+    Channel,
     FirstNode,
     Local,
     Refuse,
@@ -34,9 +35,11 @@ from .routes import (
     merge_concat,
     merge_min_integer,
     merge_not_busy,
+    merge_pair_sums,
     merge_random_present,
     merge_same,
     merge_sum,
+    merge_union,
 )
 
 #: Keyless commands any node answers the same way (the first node is asked).
@@ -86,9 +89,6 @@ REFUSED: dict[str, str] = {
 }
 
 NOT_YET = {
-    "pub/sub needs a dedicated node connection per client":
-        ("subscribe", "unsubscribe", "psubscribe", "punsubscribe", "publish", "pubsub",
-         "ssubscribe", "sunsubscribe", "spublish"),
     "WAIT counts the replicas of one connection's writes, and a client's writes travel "
     "on shared connections": ("wait",),
 }
@@ -110,10 +110,16 @@ ALL_NODES: dict[str, tuple] = {
     "function|flush": (merge_all_ok, "OK when all are"),
     "function|restore": (merge_all_ok, "OK when all are"),
     "function|kill": (merge_not_busy, "OK if any node was busy"),
+    "pubsub|channels": (merge_union, "channels of every node"),
+    "pubsub|shardchannels": (merge_union, "channels of every node"),
+    "pubsub|numsub": (merge_pair_sums, "subscribers summed per channel"),
+    "pubsub|shardnumsub": (merge_pair_sums, "subscribers summed per channel"),
 }
 
 FIRST_NODE_EXTRA = frozenset({"function|list", "function|dump", "function|stats",
-                              "script|help", "function|help"})
+                              "script|help", "function|help", "pubsub|help",
+                              # patterns are subscribed on every node: any node's count is all
+                              "pubsub|numpat"})
 
 SCRIPTS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 
@@ -236,6 +242,8 @@ class RouteTable:
         if top == "client":
             return Refuse(name, arity, f"ERR ringleader: '{shown}' is not supported: the "
                           "client's connection ends at the proxy")
+        if name in ("publish", "spublish"):
+            return Channel(name, arity, self.placement)
         if name == "watch":
             return Watch(spec, self.placement, self.labels)
         if spec.is_blocking and spec.has_keys and name not in ("xread", "xreadgroup"):

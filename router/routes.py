@@ -132,6 +132,23 @@ class SingleKey(Route):
         return "to the key's node"
 
 
+class Channel(Route):
+    """PUBLISH / SPUBLISH: to the node the channel name hashes to, where its subscribers
+    are (SUBSCRIBE places them the same way)."""
+
+    __slots__ = ("node_of",)
+
+    def __init__(self, name: str, arity: int, placement: Placement) -> None:
+        super().__init__(name, arity)
+        self.node_of = placement.node_index
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        sink.forward(self.node_of(args[1]), args)
+
+    def describe(self) -> str:
+        return "to the channel's node"
+
+
 def cross_node_error(name: str, args: list[bytes], positions: Sequence[int], node_of,
                      labels: Sequence[str]) -> bytes:
     """A ``-CROSSSLOT`` reply naming two keys that live on different nodes, and the fix."""
@@ -503,3 +520,36 @@ class Scan(Route):
 
     def describe(self) -> str:
         return "every node in turn, one cursor"
+
+
+def merge_union(parts: list[bytes], proto: int) -> bytes:
+    """PUBSUB CHANNELS: the channels active on any node, each once."""
+    err = first_error(parts)
+    if err is not None:
+        return err
+    seen: dict[bytes, None] = {}
+    for part in parts:
+        for item in resp.split_reply_array(part) or ():
+            seen.setdefault(item)
+    return resp.array_of_raw(list(seen))
+
+
+def merge_pair_sums(parts: list[bytes], proto: int) -> bytes:
+    """PUBSUB NUMSUB: per channel, the subscribers on every node added up."""
+    err = first_error(parts)
+    if err is not None:
+        return err
+    names: list[bytes] = []
+    totals: list[int] = []
+    for index, part in enumerate(parts):
+        items = resp.split_reply_array(part)  # an array in RESP2, a map in RESP3
+        if items is None:
+            return resp.error("ERR ringleader: unexpected reply to PUBSUB NUMSUB")
+        for pair in range(0, len(items), 2):
+            if index == 0:
+                names.append(items[pair])
+                totals.append(0)
+            totals[pair // 2] += resp.parse_integer(items[pair + 1]) or 0
+    body = b"".join(name + resp.integer(total) for name, total in zip(names, totals, strict=True))
+    head = b"%%%d\r\n" % len(names) if parts[0][:1] == b"%" else b"*%d\r\n" % (2 * len(names))
+    return head + body

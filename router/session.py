@@ -23,6 +23,7 @@ from backends.poller import IN, OUT
 from backends.slots import Discard, FanoutSlot, Part, Slot
 
 from . import resp
+from .pubsub import ALLOWED_WHILE_SUBSCRIBED, CONFIRMATIONS, Subscriptions, message_kind
 from .resp import RequestReader, pack_command
 from .transaction import (
     DISCARD_WITHOUT_MULTI,
@@ -77,6 +78,11 @@ class ClientSession:
         self.tx: Transaction | None = None
         self.watch_node: int | None = None  # node whose dedicated connection holds WATCHes
         self.dedicated: dict[int, object] = {}  # node index -> this client's own connection
+        self.subs: Subscriptions | None = None
+        self.pubsub_conns: dict[int, object] = {}  # node index -> subscribed connection
+        #: True when requests need none of the checks below (the common case): logged in, not
+        #: in a transaction, not a RESP2 subscriber
+        self.plain = self.authenticated
         try:
             host, port = sock.getpeername()[:2]
             self.peer = f"{host}:{port}"
@@ -158,6 +164,7 @@ class ClientSession:
         if self.tx is not None:
             return NESTED
         self.tx = Transaction(self.watch_node, self.server.routes.labels)
+        self._update_mode()
         return resp.OK
 
     def _queue(self, args: list[bytes]) -> None:
@@ -175,6 +182,7 @@ class ClientSession:
         tx, self.tx = self.tx, None
         if tx is None:
             return EXEC_WITHOUT_MULTI if commit else DISCARD_WITHOUT_MULTI
+        self._update_mode()
         watched, self.watch_node = self.watch_node, None
         if not commit:
             if watched is not None:
@@ -210,11 +218,101 @@ class ClientSession:
             self._send_quietly(self._dedicated(self.watch_node), [[b"UNWATCH"]])
             self.watch_node = None
         self.name = None
+        if self.subs is not None and self.subs.active:
+            self.subs = None
+            self._close_pubsub()
         self.set_proto(2)
 
     def _send_quietly(self, conn, requests: list[list[bytes]]) -> None:
         conn.submit_many([pack_command(tuple(a)) for a in requests],
                          [Discard() for _ in requests])
+
+    # ------------------------------------------------------------------ pub/sub
+
+    def pubsub(self, args: list[bytes]) -> None:
+        """(P|S)(UN)SUBSCRIBE: confirmed by the proxy, sent to the nodes concerned."""
+        if self.subs is None:
+            self.subs = Subscriptions(self.server.placement.node_index, len(self.conns))
+        name = args[0].upper()
+        names = args[1:]
+        subs, proto = self.subs, self.proto
+        if name == b"SUBSCRIBE":
+            sends, confirmations = subs.subscribe(names, proto)
+        elif name == b"SSUBSCRIBE":
+            sends, confirmations = subs.subscribe(names, proto, shard=True)
+        elif name == b"PSUBSCRIBE":
+            sends, confirmations = subs.psubscribe(names, proto)
+        elif name == b"UNSUBSCRIBE":
+            sends, confirmations = subs.unsubscribe(names, proto)
+        elif name == b"SUNSUBSCRIBE":
+            sends, confirmations = subs.unsubscribe(names, proto, shard=True)
+        else:
+            sends, confirmations = subs.punsubscribe(names, proto)
+        for node, command in sends:
+            err = self._pubsub_conn(node).send_unmatched(pack_command(tuple(command)))
+            if err is not None:  # without that node, some messages would never come
+                self.reply(err)
+                self.stop_reading()
+                return
+        self.reply(confirmations)
+        if not subs.active:
+            self._close_pubsub()
+        self._update_mode()
+
+    def _pubsub_conn(self, node: int):
+        conn = self.pubsub_conns.get(node)
+        if conn is None:
+            conn = self.server.backend.open_dedicated(node, self.proto)
+            conn.on_push = self._on_push
+            conn.on_lost = self._on_pubsub_lost
+            self.pubsub_conns[node] = conn
+        return conn
+
+    def _on_push(self, raw: bytes) -> None:
+        """A message from a subscribed node connection: straight to the client, out of band
+        (the nodes' own (un)subscribe confirmations are dropped: the proxy sent its own)."""
+        if message_kind(raw) in CONFIRMATIONS or self.closed:
+            return
+        self.out.append(raw)
+        if self.write_blocked:
+            self.out_bytes += len(raw)
+        if not self.dirty:
+            self.dirty = True
+            self.poller.client_dirty(self)
+
+    def _on_pubsub_lost(self, reason: str) -> None:
+        if not self.closed:
+            log.warning("client %d: a subscribed node connection failed (%s); disconnecting "
+                        "the client so it resubscribes", self.client_id, reason)
+            self._broken()
+
+    def _close_pubsub(self) -> None:
+        conns, self.pubsub_conns = self.pubsub_conns, {}
+        for conn in conns.values():
+            conn.on_lost = None
+            conn.close()
+
+    def _update_mode(self) -> None:
+        self.plain = (self.authenticated and self.tx is None
+                      and not (self.proto == 2 and self.subs is not None and self.subs.active))
+
+    @property
+    def subscribed_resp2(self) -> bool:
+        return self.proto == 2 and self.subs is not None and self.subs.active
+
+    def _dispatch_special(self, args: list[bytes]) -> None:
+        """Requests while logging in, in a transaction, or subscribed (RESP2)."""
+        if not self.authenticated:
+            self._dispatch_unauthenticated(args)
+        elif self.tx is not None:
+            self._queue(args)
+        elif self.subscribed_resp2 and args[0].upper() not in ALLOWED_WHILE_SUBSCRIBED:
+            self.reply(resp.error(
+                f"ERR Can't execute '{args[0].decode(errors='replace').lower()}': only "
+                "(P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this "
+                "context"))
+        else:
+            self.server.routes.dispatch(args, self)
 
     # ------------------------------------------------------------------ connection state
 
@@ -225,6 +323,7 @@ class ClientSession:
     def set_proto(self, proto: int) -> None:
         self.proto = proto
         self.conns = self.server.backend.connections(proto)
+        self._update_mode()
 
     def close_after_reply(self) -> None:
         self.closing = True
@@ -235,6 +334,7 @@ class ClientSession:
         if expected is None:
             if username in (None, b"default"):
                 self.authenticated = True
+                self._update_mode()
                 return None
             return resp.error("WRONGPASS invalid username-password pair or user is disabled.")
         user_ok = username in (None, b"default")
@@ -242,6 +342,7 @@ class ClientSession:
         password_ok = hmac.compare_digest(password, expected.encode())
         if user_ok and password_ok:
             self.authenticated = True
+            self._update_mode()
             return None
         return resp.error("WRONGPASS invalid username-password pair or user is disabled.")
 
@@ -306,12 +407,10 @@ class ClientSession:
             if not args:
                 continue
             try:
-                if not self.authenticated:
-                    self._dispatch_unauthenticated(args)
-                elif self.tx is not None:
-                    self._queue(args)
-                else:
+                if self.plain:
                     dispatch(args, self)
+                else:
+                    self._dispatch_special(args)
             except Exception as exc:  # a bad request or a bug must not take others down
                 if any(type(a) is not bytes for a in args):
                     self.reply(resp.error("ERR Protocol error: expected '$', got something else"))
@@ -441,6 +540,7 @@ class ClientSession:
         for conn in self.dedicated.values():  # releases blocked commands and WATCHes
             conn.close()
         self.dedicated.clear()
+        self._close_pubsub()
         self.poller.unregister(self.fd)
         try:
             self.sock.close()
