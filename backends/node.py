@@ -31,7 +31,7 @@ from .wakeup import close, send_all, tune
 
 log = logging.getLogger("ringleader.node")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # below glibc's mmap threshold: no mmap/munmap per read
 
 
 @dataclass(frozen=True)
