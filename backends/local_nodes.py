@@ -90,6 +90,36 @@ def redis_ping(host: str, port: int, timeout: float = 0.5, password: str | None 
         return False
 
 
+def redis_version(host: str, port: int, password: str | None = None,
+                  timeout: float = 1.0) -> tuple[int, ...] | None:
+    """The server's ``redis_version`` as a tuple, None when it cannot be asked."""
+    import hiredis
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            reader = hiredis.Reader()
+            if password:
+                s.sendall(hiredis.pack_command(("AUTH", password)))
+            s.sendall(hiredis.pack_command(("INFO", "server")))
+            replies = []
+            while len(replies) < (2 if password else 1):
+                data = s.recv(65536)
+                if not data:
+                    return None
+                reader.feed(data)
+                while (reply := reader.gets()) is not False:
+                    replies.append(reply)
+    except OSError:
+        return None
+    text = replies[-1]
+    if not isinstance(text, bytes):
+        return None
+    for line in text.decode(errors="replace").splitlines():
+        if line.startswith("redis_version:"):
+            return tuple(int(x) for x in line.split(":", 1)[1].strip().split(".") if x.isdigit())
+    return None
+
+
 def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     """Poll ``predicate`` until it holds or the deadline passes (then raise, naming ``what``)."""
     deadline = time.monotonic() + timeout
@@ -182,6 +212,7 @@ def start_redis(
             "--bind", HOST,
             "--save", "",
             "--appendonly", "no",
+            "--repl-diskless-sync-delay", "0",  # replicas sync at once, not after 5 s
             "--daemonize", "no",
             "--dir", wd,
             "--logfile", log_to or os.path.join(wd, "redis.log"),

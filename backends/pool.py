@@ -26,17 +26,30 @@ class Backend:
         self._nursery = nursery
         self.poller = poller
         self._by_proto: dict[int, list[NodeConnection]] = {}
+        self._replicas_by_proto: dict[int, list[list[NodeConnection]]] = {}
 
     def connections(self, proto: int) -> list[NodeConnection]:
-        """The connections for ``proto``, indexed like the node list; opened on first use."""
+        """The shards' primary connections for ``proto``, indexed like the node list; opened
+        on first use (with the replicas' connections)."""
         conns = self._by_proto.get(proto)
         if conns is None:
-            conns = [NodeConnection(node, proto, self.settings, self.poller)
+            conns = [self._start(NodeConnection(node, proto, self.settings, self.poller))
                      for node in self.nodes]
-            for conn in conns:
-                self._nursery.start_soon(conn.run, name=f"node {conn.address} resp{proto}")
             self._by_proto[proto] = conns
+            self._replicas_by_proto[proto] = [
+                [self._start(NodeConnection(replica, proto, self.settings, self.poller))
+                 for replica in node.replicas]
+                for node in self.nodes]
         return conns
+
+    def replicas(self, proto: int) -> list[list[NodeConnection]]:
+        """Per shard, the connections to its replicas (empty lists without replicas)."""
+        self.connections(proto)
+        return self._replicas_by_proto[proto]
+
+    def _start(self, conn: NodeConnection) -> NodeConnection:
+        self._nursery.start_soon(conn.run, name=f"node {conn.address} resp{conn.proto}")
+        return conn
 
     def open_dedicated(self, index: int, proto: int) -> NodeConnection:
         """A connection to node ``index`` for one client alone (WATCH, blocking commands);
@@ -47,7 +60,11 @@ class Backend:
         return conn
 
     def all_connections(self) -> list[NodeConnection]:
-        return [conn for conns in self._by_proto.values() for conn in conns]
+        """Every shared connection, primaries and replicas."""
+        primaries = [conn for conns in self._by_proto.values() for conn in conns]
+        replicas = [conn for shards in self._replicas_by_proto.values() for conns in shards
+                    for conn in conns]
+        return primaries + replicas
 
     def outstanding(self) -> int:
         return sum(conn.outstanding for conn in self.all_connections())

@@ -17,6 +17,7 @@ from .config import (
     DEFAULT_LISTEN,
     ConfigError,
     ProxyConfig,
+    from_mapping,
     from_node_list,
     load_toml,
     load_twemproxy,
@@ -81,8 +82,27 @@ async def run_proxy(config: ProxyConfig, *, announce=None) -> None:
                 server.shutdown()
 
 
+def check_fsync_support(config: ProxyConfig) -> None:
+    """write_ack = fsync needs WAITAOF (Redis >= 7.2) on every primary: refuse to start
+    otherwise, rather than acknowledge writes that were never fsynced."""
+    if not config.policy_set().uses_fsync:
+        return
+    from backends.local_nodes import redis_version
+
+    for node in config.nodes:
+        version = redis_version(node.host, node.port, password=node.password or config.node_password)
+        if version is None:
+            raise ConfigError(f"write_ack = fsync: cannot reach {node.address} to check that it "
+                              "supports WAITAOF")
+        if version < (7, 2):
+            raise ConfigError(
+                f"write_ack = fsync needs WAITAOF (Redis 7.2 or newer), but {node.address} runs "
+                f"Redis {'.'.join(map(str, version))}; use replicas:N or upgrade the nodes")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
+    check_fsync_support(config)
     if config.workers > 1:
         from .workers import run_workers
 
@@ -98,7 +118,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from backends.local_nodes import ServerNotFound, find_redis_server, port_accepts, start_redis
+    from backends.local_nodes import (
+        RedisOptions,
+        ServerNotFound,
+        find_redis_server,
+        port_accepts,
+        start_redis,
+    )
 
     host, port = split_address(args.listen)
     if port_accepts(host, port):
@@ -111,23 +137,41 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"ringleader up: {exc}", file=sys.stderr)
         return 2
     nodes = []
+    replicas: list[list] = []
     try:
-        for i in range(args.count):
-            wanted = args.base_port + i
-            chosen = None if port_accepts("127.0.0.1", wanted) else wanted
-            nodes.append(start_redis(chosen, binary=binary))
-        config = from_node_list(",".join(n.address for n in nodes), listen=args.listen)
+        port = args.base_port
+        for _ in range(args.count):
+            chosen = None if port_accepts("127.0.0.1", port) else port
+            primary = start_redis(chosen, binary=binary)
+            nodes.append(primary)
+            port += 1
+            mine = []
+            for _ in range(args.replicas):
+                chosen = None if port_accepts("127.0.0.1", port) else port
+                mine.append(start_redis(chosen, binary=binary,
+                                        options=RedisOptions(replicaof=primary.address)))
+                port += 1
+            replicas.append(mine)
+        config = from_mapping({
+            "listen": args.listen,
+            "nodes": [{"address": n.address, "replicas": [r.address for r in mine]}
+                      for n, mine in zip(nodes, replicas, strict=True)],
+        }, "ringleader up")
 
         def announce(server) -> None:
             print(f"ringleader {__version__}: proxy on {args.listen}, "
                   f"{len(nodes)} local redis-server nodes: "
                   + ", ".join(n.address for n in nodes), flush=True)
+            if args.replicas:
+                print("replicas: " + "; ".join(
+                    f"{n.address} -> {', '.join(r.address for r in mine)}"
+                    for n, mine in zip(nodes, replicas, strict=True)), flush=True)
             print(f"connect with:  redis-cli -h {host} -p {port}", flush=True)
             print("press Ctrl-C to stop everything", flush=True)
 
         trio.run(functools.partial(run_proxy, config, announce=announce))
     finally:
-        for node in nodes:
+        for node in [*nodes, *(r for mine in replicas for r in mine)]:
             node.stop()
         if nodes:
             print("ringleader up: stopped the proxy and its nodes", flush=True)
@@ -168,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--count", type=int, default=3, help="how many nodes (default 3)")
     up.add_argument("--base-port", type=int, default=7001,
                     help="first node port (default 7001); busy ports are replaced by free ones")
+    up.add_argument("--replicas", type=int, default=0,
+                    help="replicas per shard (real Redis replication; default 0)")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run the proxy in front of existing nodes")

@@ -77,6 +77,19 @@ class ProxyConfig:
     allow_flush: bool = True
     #: EVAL/FCALL with no keys: "first-node" runs them on the first node, "refuse" refuses.
     scripts_without_keys: str = "first-node"
+    #: Where reads go: "primary", "prefer-replica" or "any" (see router/policy.py).
+    read_policy: str = "primary"
+    #: What a write's OK means: "primary", "replicas:N" or "fsync".
+    write_ack: str = "primary"
+    #: How long a write waits for its acknowledgement level before the client gets an error.
+    ack_timeout_ms: int = 500
+    #: After a write, a client's reads go to the primary for this long (read-your-writes).
+    read_your_writes_ms: int = 1000
+    #: Per key pattern overrides: {"pattern": "session:*", "read_policy": ..., "write_ack": ...}
+    policies: tuple[dict, ...] = ()
+    #: Redis Sentinel addresses, for shards with ``sentinel_master``.
+    sentinels: tuple[str, ...] = ()
+    sentinel_password: str | None = None
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -92,6 +105,15 @@ class ProxyConfig:
             raise ConfigError("workers must be at least 1")
         if self.scripts_without_keys not in ("first-node", "refuse"):
             raise ConfigError("scripts_without_keys must be 'first-node' or 'refuse'")
+        try:
+            self.policy_set()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if any(n.sentinel_master for n in self.nodes) and not self.sentinels:
+            raise ConfigError("a node has sentinel_master but no sentinels are configured")
+        if self.policy_set().acks and self.ack_timeout_ms >= self.timeouts.request_ms:
+            raise ConfigError("ack_timeout_ms must be below timeouts.request_ms (a write waiting "
+                              "for its replicas would otherwise look like a hung node)")
 
     @property
     def listen_host(self) -> str:
@@ -119,10 +141,27 @@ class ProxyConfig:
             raise ConfigError(str(exc)) from None
         return Placement(get_hash(self.hash), distribution, tag)
 
+    def policy_set(self):
+        """The read and write-acknowledgement policies, with the per-pattern overrides."""
+        from .policy import Ack, Policies, Policy
+
+        default = Policy(self.read_policy, Ack.parse(self.write_ack))
+        rules = []
+        for index, rule in enumerate(self.policies):
+            unknown = set(rule) - {"pattern", "read_policy", "write_ack"}
+            if unknown or "pattern" not in rule:
+                raise ConfigError(f"policies[{index}] needs a pattern and may set read_policy "
+                                  "and write_ack")
+            rules.append((rule["pattern"], Policy(rule.get("read_policy", default.read),
+                                                  Ack.parse(rule.get("write_ack",
+                                                                     str(default.ack))))))
+        return Policies(default, rules)
+
     def route_options(self):
         from .route_table import RouteOptions
 
-        return RouteOptions(self.allow_keys, self.allow_flush, self.scripts_without_keys)
+        return RouteOptions(self.allow_keys, self.allow_flush, self.scripts_without_keys,
+                            self.policy_set())
 
     def request_limits(self) -> RequestLimits:
         return RequestLimits(self.limits.max_bulk_bytes, self.limits.max_args,
@@ -170,13 +209,19 @@ def _node(entry: Any, index: int) -> NodeSpec:
         return NodeSpec.parse(entry)
     if not isinstance(entry, dict) or "address" not in entry:
         raise ConfigError(f"nodes[{index}] must be 'host:port' or a table with an address")
-    allowed = {"address", "weight", "name", "username", "password"}
+    allowed = {"address", "weight", "name", "username", "password", "replicas",
+               "sentinel_master"}
     unknown = set(entry) - allowed
     if unknown:
         raise ConfigError(f"nodes[{index}]: unknown setting(s) {', '.join(sorted(unknown))}")
     base = NodeSpec.parse(entry["address"])
+    username, password = entry.get("username"), entry.get("password")
+    replicas = tuple(
+        replace(NodeSpec.parse(r), username=username, password=password)
+        for r in entry.get("replicas", ()))
     return NodeSpec(base.host, base.port, int(entry.get("weight", base.weight)),
-                    entry.get("name", base.name), entry.get("username"), entry.get("password"))
+                    entry.get("name", base.name), username, password, replicas,
+                    entry.get("sentinel_master"))
 
 
 def load_toml(path: str | Path) -> ProxyConfig:
@@ -200,6 +245,9 @@ def from_mapping(data: dict[str, Any], where: str = "config") -> ProxyConfig:
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    for listed in ("policies", "sentinels"):
+        if listed in data:
+            data[listed] = tuple(data[listed])
     return ProxyConfig(nodes=nodes, timeouts=timeouts, limits=limits, **data)
 
 

@@ -1,4 +1,8 @@
-"""Storage node addresses as the config, the ring and the admin CLI name them."""
+"""Storage nodes as the config, the ring and the admin CLI name them.
+
+A ``NodeSpec`` in the node list is a *shard*: its primary's address, its share of the ring,
+and optionally its replicas (or a Sentinel master name to find its primary by).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,11 @@ class NodeSpec:
     name: str | None = None
     username: str | None = None
     password: str | None = None
+    #: The shard's read replicas (real Redis replication: ``replicaof`` this node).
+    replicas: tuple[NodeSpec, ...] = ()
+    #: When set, the primary's address comes from Redis Sentinel under this master name
+    #: (``host``/``port`` are the first guess).
+    sentinel_master: str | None = None
 
     @property
     def address(self) -> str:

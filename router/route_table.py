@@ -19,6 +19,7 @@ from .routes import (
     Channel,
     FirstNode,
     Local,
+    PolicyKey,
     Refuse,
     Route,
     SameNode,
@@ -90,7 +91,8 @@ REFUSED: dict[str, str] = {
 
 NOT_YET = {
     "WAIT counts the replicas of one connection's writes, and a client's writes travel "
-    "on shared connections": ("wait",),
+    "on shared connections; set write_ack = replicas:N (per key pattern if needed) and the "
+    "proxy waits after each write itself": ("wait", "waitaof"),
 }
 
 #: Keyless commands every node runs, and how their replies combine.
@@ -134,6 +136,17 @@ class RouteOptions:
     allow_flush: bool = True
     #: Scripts called with no keys: "first-node" runs them there, "refuse" refuses them.
     scripts_without_keys: str = "first-node"
+    #: Read policies and write acknowledgements, when configured (router/policy.py).
+    policies: object = None
+
+
+def policy_mode(spec) -> str:
+    """How a command meets the read and write policies: as a read, a write, or neither."""
+    if "write" in spec.flags or "may_replicate" in spec.flags:
+        return "write"
+    if "readonly" in spec.flags:
+        return "read"
+    return ""
 
 #: Proxy-local commands newer than the shipped command table (Redis 7.0), with their arity.
 LOCAL_ONLY = {"client|setinfo": 4}
@@ -216,9 +229,11 @@ class RouteTable:
             return Local(name, arity, handler)
         if name == "info":
             return local.Info(name, arity, len(self.labels))
+        policies = self.options.policies
+        mode = policy_mode(spec) if policies is not None and policies.active else ""
         if name in SPLIT:
             cls, step = SPLIT[name]
-            return cls(name, arity, self.placement, step)
+            return cls(name, arity, self.placement, step, mode)
         if name in FIRST_NODE or name in FIRST_NODE_EXTRA:
             return FirstNode(name, arity)
         if name == "scan":
@@ -253,14 +268,16 @@ class RouteTable:
                           "no key, so there is no node to send it to")
         pos = single_key_position(spec)
         route: Route
-        if pos is not None:
+        if pos is not None and mode:
+            route = PolicyKey(name, arity, pos, self.placement, mode)
+        elif pos is not None:
             route = SingleKey(name, arity, pos, self.placement)
         else:
             keyless = None
             if name in SCRIPTS and self.options.scripts_without_keys == "refuse":
                 keyless = (f"ERR ringleader: '{shown}' with no keys is refused "
                            "(scripts_without_keys = refuse): pass the keys it uses")
-            route = SameNode(spec, self.placement, self.labels, keyless)
+            route = SameNode(spec, self.placement, self.labels, keyless, mode)
         if name in ("xread", "xreadgroup"):
             route = WhenOption(b"BLOCK", b"STREAMS", Blocking(spec, self.placement, self.labels),
                                route)

@@ -149,6 +149,39 @@ class Channel(Route):
         return "to the channel's node"
 
 
+class PolicyKey(SingleKey):
+    """SingleKey when read policies or write acknowledgements are configured: reads and
+    writes go through the sink's policy-aware paths (replicas, WAIT after writes)."""
+
+    __slots__ = ("mode",)
+
+    def __init__(self, name: str, arity: int, pos: int, placement: Placement, mode: str) -> None:
+        super().__init__(name, arity, pos, placement)
+        self.mode = mode  # "read", "write" or "" (neither: plain forward)
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        n = len(args)
+        a = self.arity
+        if (n != a) if a > 0 else (n < -a):
+            sink.reply(self.arity_reply)
+            return
+        key = args[self.pos]
+        node = self.node_of(key)
+        send_with_policy(sink, self.mode, node, args, key)
+
+    def describe(self) -> str:
+        return f"to the key's node ({self.mode or 'primary'} policy)"
+
+
+def send_with_policy(sink: Sink, mode: str, node: int, args: list[bytes], key: bytes) -> None:
+    if mode == "read":
+        sink.forward_read(node, args, key)
+    elif mode == "write":
+        sink.forward_write(node, args, key)
+    else:
+        sink.forward(node, args)
+
+
 def cross_node_error(name: str, args: list[bytes], positions: Sequence[int], node_of,
                      labels: Sequence[str]) -> bytes:
     """A ``-CROSSSLOT`` reply naming two keys that live on different nodes, and the fix."""
@@ -172,15 +205,16 @@ class SameNode(Route):
     when they do, refused with ``-CROSSSLOT`` when they do not. Keyless invocations (EVAL
     with numkeys 0) go to the first node, so they are deterministic."""
 
-    __slots__ = ("spec", "node_of", "labels", "keyless_reply")
+    __slots__ = ("spec", "node_of", "labels", "keyless_reply", "mode")
 
     def __init__(self, spec, placement: Placement, labels: Sequence[str],
-                 keyless_error: str | None = None) -> None:
+                 keyless_error: str | None = None, mode: str = "") -> None:
         super().__init__(spec.name, spec.arity)
         self.spec = spec
         self.node_of = placement.node_index
         self.labels = labels
         self.keyless_reply = resp.error(keyless_error) if keyless_error else None
+        self.mode = mode  # read/write policy, when policies are configured
 
     def home(self, args: list[bytes], sink: Sink) -> int | None:
         """The node all the keys are on; None after replying an error."""
@@ -205,7 +239,12 @@ class SameNode(Route):
     def run(self, args: list[bytes], sink: Sink) -> None:
         node = self.home(args, sink)
         if node is not None:
-            sink.forward(node, args)
+            if self.mode:
+                positions = self.spec.key_positions(args)
+                send_with_policy(sink, self.mode, node, args, args[positions[0]] if positions
+                                 else b"")
+            else:
+                sink.forward(node, args)
 
     def describe(self) -> str:
         return "all keys on one node, else -CROSSSLOT"
@@ -277,12 +316,14 @@ class _Split(Route):
     untouched and no merge runs.
     """
 
-    __slots__ = ("node_of", "step")
+    __slots__ = ("node_of", "step", "mode")
 
-    def __init__(self, name: str, arity: int, placement: Placement, step: int = 1) -> None:
+    def __init__(self, name: str, arity: int, placement: Placement, step: int = 1,
+                 mode: str = "") -> None:
         super().__init__(name, arity)
         self.node_of = placement.node_index
         self.step = step
+        self.mode = mode  # read/write policy, when policies are configured
 
     def run(self, args: list[bytes], sink: Sink) -> None:
         step = self.step
@@ -310,10 +351,17 @@ class _Split(Route):
                     groups[node] = group = [head]
                 group.extend(args[i:i + step])
         if len(groups) == 1:
-            sink.forward(order[0], args)
+            if self.mode:
+                send_with_policy(sink, self.mode, order[0], args, args[1])
+            else:
+                sink.forward(order[0], args)
             return
         nodes = list(groups)
-        sink.fanout([(node, groups[node]) for node in nodes], self.merger(nodes, order))
+        calls = [(node, groups[node]) for node in nodes]
+        if self.mode == "write":  # each node's part waits for its acknowledgement
+            sink.fanout_write(calls, self.merger(nodes, order), args[1])
+        else:  # reads split over nodes are served by the primaries
+            sink.fanout(calls, self.merger(nodes, order))
 
     def merger(self, nodes: list[int], order: list[int]) -> Merge:  # pragma: no cover
         raise NotImplementedError

@@ -63,6 +63,10 @@ class ProxyServer:
         self.placement = config.placement()
         self.routes = RouteTable(self.table, self.placement, [n.address for n in config.nodes],
                                  config.route_options())
+        self.policies = config.policy_set()
+        self.ryw_window = config.read_your_writes_ms / 1000
+        self.ack_timeout_ms = config.ack_timeout_ms
+        self.ack_failures = 0
         self.poller = Poller()
         self.backend: Backend | None = None
         self._sessions: dict[int, ClientSession] = {}
@@ -205,13 +209,16 @@ class ProxyServer:
             if index < len(node_fields) and node_fields[index] is None and state == "up":
                 state = "error"
             latency = max((c.latency_us for c in mine), default=0.0)
+            replica_states = [f"{c.address}/{c.state}" for c in conns
+                              if c.node in node.replicas]
             parts["nodes"][f"node{index}"] = (
                 f"address={node.address},name={node.label},weight={node.weight},state={state},"
                 f"keys={keys[index][0] if index < len(keys) else 0},"
                 f"requests={sum(c.requests_total for c in mine)},"
                 f"errors={sum(c.errors_total for c in mine)},"
                 f"latency_us={latency:.0f},"
-                f"latency_max_us={max((c.latency_max_us for c in mine), default=0.0):.0f}")
+                f"latency_max_us={max((c.latency_max_us for c in mine), default=0.0):.0f}"
+                + (f",replicas={' '.join(sorted(set(replica_states)))}" if node.replicas else ""))
         wanted = set(sections) - {"all", "everything", "default"}
         lines = []
         for section, values in parts.items():

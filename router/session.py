@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from backends.node import DOWN
+from backends.node import DOWN, UP
 from backends.poller import IN, OUT
 from backends.slots import Discard, FanoutSlot, Part, Slot
 
@@ -78,6 +78,9 @@ class ClientSession:
         self.tx: Transaction | None = None
         self.watch_node: int | None = None  # node whose dedicated connection holds WATCHes
         self.dedicated: dict[int, object] = {}  # node index -> this client's own connection
+        self.replica_conns = server.backend.replicas(2)
+        self.last_write = -1e9  # for read-your-writes
+        self._spread = client_id  # round-robin over replicas, started apart per client
         self.subs: Subscriptions | None = None
         self.pubsub_conns: dict[int, object] = {}  # node index -> subscribed connection
         #: True when requests need none of the checks below (the common case): logged in, not
@@ -120,6 +123,61 @@ class ClientSession:
             self.pending.append(slot)
         else:
             self.out.append(raw)
+
+    # ------------------------------------------------------------------ read and write policies
+
+    def forward_read(self, node: int, args: list[bytes], key: bytes) -> None:
+        """A read under the key's read policy: a replica when allowed and up, unless this
+        client wrote recently (read-your-writes), else the primary."""
+        read = self.server.policies.for_key(key).read
+        if read == "primary" or time.monotonic() - self.last_write < self.server.ryw_window:
+            self.forward(node, args)
+            return
+        candidates = [c for c in self.replica_conns[node] if c.state is UP]
+        if read == "any":
+            candidates.append(self.conns[node])
+        if not candidates:
+            self.forward(node, args)  # prefer-replica falls back to the primary
+            return
+        self._spread += 1
+        conn = candidates[self._spread % len(candidates)]
+        payload = pack_command(tuple(args))
+        slot = Slot(self)
+        self.pending.append(slot)
+        err = conn.submit(payload, slot)
+        if err is not None:
+            slot.data = err
+
+    def forward_write(self, node: int, args: list[bytes], key: bytes) -> None:
+        """A write whose OK means what the key's acknowledgement level says."""
+        self.last_write = time.monotonic()
+        ack = self.server.policies.for_key(key).ack
+        if ack.kind == "primary":
+            self.forward(node, args)
+            return
+        self.fanout_write([(node, args)], _only_reply, key)
+
+    def fanout_write(self, calls: list[tuple[int, list[bytes]]], merge, key: bytes) -> None:
+        """Split writes (MSET, DEL...): every node's part is followed by its acknowledgement
+        wait on the same connection; the client's reply is an error unless all reached it."""
+        self.last_write = time.monotonic()
+        ack = self.server.policies.for_key(key).ack
+        if ack.kind == "primary":
+            if len(calls) == 1:
+                self.forward(*calls[0])
+            else:
+                self.fanout(calls, merge)
+            return
+        wait = pack_command(ack_request(ack, self.server.ack_timeout_ms))
+        payloads = [pack_command(tuple(args)) for _, args in calls]
+        parent = FanoutSlot(self, 2 * len(calls), acknowledged(merge, ack, self.server))
+        self.pending.append(parent)
+        for index, (node, _) in enumerate(calls):
+            err = self.conns[node].submit_many(
+                [payloads[index], wait], [Part(parent, 2 * index), Part(parent, 2 * index + 1)])
+            if err is not None:
+                Part(parent, 2 * index).fill(err)
+                Part(parent, 2 * index + 1).fill(err)
 
     def forward_dedicated(self, node: int, args: list[bytes]) -> None:
         """Run on this client's own connection to ``node`` (blocking commands, WATCH)."""
@@ -323,6 +381,7 @@ class ClientSession:
     def set_proto(self, proto: int) -> None:
         self.proto = proto
         self.conns = self.server.backend.connections(proto)
+        self.replica_conns = self.server.backend.replicas(proto)
         self._update_mode()
 
     def close_after_reply(self) -> None:
@@ -546,3 +605,51 @@ class ClientSession:
             self.sock.close()
         finally:
             self.server.forget(self)
+
+
+def _only_reply(parts: list[bytes], proto: int) -> bytes:
+    return parts[0]
+
+
+def ack_request(ack, timeout_ms: int) -> tuple[bytes, ...]:
+    """What follows a write to make its acknowledgement level known."""
+    if ack.kind == "fsync":
+        return (b"WAITAOF", b"1", b"0", b"%d" % timeout_ms)
+    return (b"WAIT", b"%d" % ack.count, b"%d" % timeout_ms)
+
+
+def acknowledged(merge, ack, server):
+    """Wrap a merge: parts alternate (reply, acknowledgement); any part short of the level
+    turns the reply into an error saying what happened to the write."""
+
+    def merge_acked(parts: list[bytes], proto: int) -> bytes:
+        replies, acks = parts[0::2], parts[1::2]
+        for reply in replies:
+            if reply[:1] in (b"-", b"!"):
+                return reply
+        for raw in acks:
+            short = ack_shortfall(raw, ack)
+            if short is not None:
+                server.ack_failures += 1
+                return resp.error(
+                    f"NOREPLICAS ringleader: the write was applied on the primary but {short} "
+                    f"within {server.ack_timeout_ms} ms (write_ack = {ack})")
+        return merge(replies, proto)
+
+    return merge_acked
+
+
+def ack_shortfall(raw: bytes, ack) -> str | None:
+    """None when ``raw`` (a WAIT or WAITAOF reply) shows the level was reached."""
+    if raw[:1] in (b"-", b"!"):
+        return f"waiting for it failed ({raw[1:-2].decode(errors='replace')})"
+    if ack.kind == "fsync":
+        items = resp.split_reply_array(raw)
+        local = resp.parse_integer(items[0]) if items else None
+        if not local:
+            return "it was not confirmed on the primary's disk"
+        return None
+    count = resp.parse_integer(raw)
+    if count is None or count < ack.count:
+        return f"only {count or 0} of {ack.count} replicas confirmed it"
+    return None

@@ -70,7 +70,8 @@ class ProxyProcess:
         return redis.Redis(host=HOST, port=self.port, password=self.password, **kwargs)
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 10.0) -> int | None:
