@@ -139,18 +139,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     nodes = []
     replicas: list[list] = []
     try:
-        port = args.base_port
+        next_port = args.base_port
         for _ in range(args.count):
-            chosen = None if port_accepts("127.0.0.1", port) else port
+            chosen = None if port_accepts("127.0.0.1", next_port) else next_port
             primary = start_redis(chosen, binary=binary)
             nodes.append(primary)
-            port += 1
+            next_port += 1
             mine = []
             for _ in range(args.replicas):
-                chosen = None if port_accepts("127.0.0.1", port) else port
+                chosen = None if port_accepts("127.0.0.1", next_port) else next_port
                 mine.append(start_redis(chosen, binary=binary,
                                         options=RedisOptions(replicaof=primary.address)))
-                port += 1
+                next_port += 1
             replicas.append(mine)
         config = from_mapping({
             "listen": args.listen,
