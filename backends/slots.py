@@ -30,6 +30,24 @@ class Slot:
         return self.client
 
 
+class HookSlot(Slot):
+    """A Slot whose reply is also shown to ``hook`` (the near cache keeps hot replies)."""
+
+    __slots__ = ("hook",)
+
+    def __init__(self, client: Any, hook) -> None:
+        super().__init__(client)
+        self.hook = hook
+
+    def fill(self, raw: bytes) -> Any:
+        self.data = raw
+        try:
+            self.hook(raw)
+        except Exception:  # a hook must never take the node reader down
+            log.exception("reply hook failed")
+        return self.client
+
+
 class FanoutSlot:
     """A reply assembled from several nodes' replies by ``merge`` once all are in."""
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hotkeys.rules import HotKeySettings
+
 from .nodes import NodeSpec, parse_node_list
 from .placement import Placement
 from .resp import RequestLimits
@@ -90,6 +92,8 @@ class ProxyConfig:
     #: Redis Sentinel addresses, for shards with ``sentinel_master``.
     sentinels: tuple[str, ...] = ()
     sentinel_password: str | None = None
+    #: Hot-key detection and mitigation ([hotkeys] table; off by default).
+    hotkeys: HotKeySettings = field(default_factory=HotKeySettings)
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -241,14 +245,22 @@ def from_mapping(data: dict[str, Any], where: str = "config") -> ProxyConfig:
         raise ConfigError(f"{where}: {exc}") from None
     timeouts = _section(Timeouts, data.pop("timeouts", {}), "timeouts")
     limits = _section(Limits, data.pop("limits", {}), "limits")
-    known = {f.name for f in fields(ProxyConfig)} - {"nodes", "timeouts", "limits"}
+    hot = dict(data.pop("hotkeys", {"enabled": False}))
+    hot.setdefault("enabled", True)  # a [hotkeys] table turns it on unless it says otherwise
+    if "rules" in hot:
+        hot["rules"] = tuple(hot["rules"])
+    try:
+        hotkeys = _section(HotKeySettings, hot, "hotkeys")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    known = {f.name for f in fields(ProxyConfig)} - {"nodes", "timeouts", "limits", "hotkeys"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
     for listed in ("policies", "sentinels"):
         if listed in data:
             data[listed] = tuple(data[listed])
-    return ProxyConfig(nodes=nodes, timeouts=timeouts, limits=limits, **data)
+    return ProxyConfig(nodes=nodes, timeouts=timeouts, limits=limits, hotkeys=hotkeys, **data)
 
 
 def load_twemproxy(path: str | Path, pool: str | None = None) -> ProxyConfig:

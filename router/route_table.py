@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from . import local
 from .commands import CommandTable, unknown_command_error, unknown_subcommand_error
+from .hotroutes import HotRead, HotWrite
 from .placement import Placement
 from .routes import (
     AllNodes,
@@ -174,11 +175,12 @@ class RouteTable:
     """Routes for every command of ``table`` over the nodes of one topology."""
 
     def __init__(self, table: CommandTable, placement: Placement, labels: Sequence[str],
-                 options: RouteOptions | None = None) -> None:
+                 options: RouteOptions | None = None, hot=None) -> None:
         self.table = table
         self.placement = placement
         self.labels = list(labels)
         self.options = options or RouteOptions()
+        self.hot = hot  # the hot-key service, when mitigation is on
         self._not_yet = _not_yet_reasons()
         self.routes: dict[str, Route] = {}
         for spec in table.all_specs():
@@ -220,6 +222,17 @@ class RouteTable:
     # ------------------------------------------------------------------ per command
 
     def _route_for(self, spec) -> Route:
+        route = self._base_route(spec)
+        if self.hot is None or not spec.has_keys or isinstance(route, Refuse | Local):
+            return route
+        mode = policy_mode(spec)
+        if mode == "read" and isinstance(route, SingleKey):
+            return HotRead(route, self.hot, route.pos, self.placement.node_index)
+        if mode == "write":
+            return HotWrite(route, self.hot, spec)
+        return route
+
+    def _base_route(self, spec) -> Route:
         name, arity = spec.name, spec.arity
         shown = name.upper().replace("|", " ")
         if spec.subcommands:  # containers are resolved to a subcommand before routing

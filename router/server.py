@@ -61,8 +61,13 @@ class ProxyServer:
         self.config = config
         self.table = table or CommandTable.default()
         self.placement = config.placement()
+        self.hot = None
+        if config.hotkeys.enabled:
+            from .hot import HotKeyService
+
+            self.hot = HotKeyService(config.hotkeys, self)
         self.routes = RouteTable(self.table, self.placement, [n.address for n in config.nodes],
-                                 config.route_options())
+                                 config.route_options(), self.hot)
         self.policies = config.policy_set()
         self.ryw_window = config.read_your_writes_ms / 1000
         self.ack_timeout_ms = config.ack_timeout_ms
@@ -96,6 +101,8 @@ class ProxyServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.poller.run, name="poller")
                 nursery.start_soon(self._measure_rate)
+                if self.hot is not None:
+                    nursery.start_soon(self.hot.run, name="hot keys")
                 self.backend = Backend(self.config.nodes, node_settings(self.config), nursery,
                                        self.poller)
                 self.backend.connections(2)  # connect now, not on the first request
@@ -196,6 +203,7 @@ class ProxyServer:
             },
             "keyspace": {},
             "nodes": {},
+            "hotkeys": self.hot.info() if self.hot is not None else {"enabled": 0},
         }
         total_keys = sum(k for k, _ in keys)
         total_expires = sum(e for _, e in keys)

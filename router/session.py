@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from backends.node import DOWN, UP
 from backends.poller import IN, OUT
-from backends.slots import Discard, FanoutSlot, Part, Slot
+from backends.slots import Discard, FanoutSlot, HookSlot, Part, Slot
 
 from . import resp
 from .pubsub import ALLOWED_WHILE_SUBSCRIBED, CONFIRMATIONS, Subscriptions, message_kind
@@ -179,6 +179,15 @@ class ClientSession:
                 Part(parent, 2 * index).fill(err)
                 Part(parent, 2 * index + 1).fill(err)
 
+    def forward_observed(self, node: int, args: list[bytes], hook) -> None:
+        """Forward, and show the reply to ``hook`` when it arrives (before the client)."""
+        payload = pack_command(tuple(args))
+        slot = HookSlot(self, hook)
+        self.pending.append(slot)
+        err = self.conns[node].submit(payload, slot)
+        if err is not None:
+            slot.data = err
+
     def forward_dedicated(self, node: int, args: list[bytes]) -> None:
         """Run on this client's own connection to ``node`` (blocking commands, WATCH)."""
         payload = pack_command(tuple(args))
@@ -252,6 +261,10 @@ class ClientSession:
             return EXECABORT
         if tx.node is None:
             return b"*0\r\n"
+        hot = self.server.hot
+        if hot is not None and hot.watched:  # the transaction's writes invalidate first
+            for args in tx.queued:
+                hot.invalidate_request(args)
         if watched is not None:
             conn = self.dedicated.get(watched)
             if conn is None or conn.state is DOWN:

@@ -1,0 +1,190 @@
+"""The proxy's hot-key service: detection on the request path, decisions once per window,
+and the node connections that report changes to cached keys.
+
+A key becomes cacheable only once its node has agreed to report every change to it:
+``CLIENT TRACKING ON BCAST PREFIX <key>`` on a RESP3 connection of the proxy's own, which
+then receives an ``invalidate`` push for each write from anyone (another proxy, a client
+straight to the node). Until that confirmation, and after that connection fails, the key is
+read from the node as usual. The near cache's TTL bounds the damage of a lost report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import hiredis
+import trio
+
+from backends.node import UP
+from hotkeys.cache import NearCache
+from hotkeys.detector import HotKeyDetector
+from hotkeys.rules import HotKeyRules, HotKeySettings
+
+from . import resp
+
+log = logging.getLogger("ringleader.hotkeys")
+
+#: Registered prefixes per tracking connection before it is reset (prefixes for keys that
+#: cooled are not removable one by one).
+MAX_PREFIXES = 1024
+
+
+class HotKeyService:
+    def __init__(self, settings: HotKeySettings, server) -> None:
+        self.settings = settings
+        self.server = server
+        self.detector = HotKeyDetector(
+            threshold_fraction=settings.threshold, floor_ops=settings.floor_ops,
+            window=settings.window_ms / 1000, sample_every=settings.sample_every,
+            topk=settings.topk, cool_windows=settings.cool_windows)
+        self.observe = self.detector.observe
+        self.cache = NearCache(settings.cache_ttl_ms / 1000, settings.cache_max_entries,
+                               settings.cache_max_bytes)
+        self.rules = HotKeyRules(settings)
+        #: hot keys with the cache mitigation -> "pending" | "ok" | "refused"
+        self.watched: dict[bytes, str] = {}
+        self._tracking: dict[int, object] = {}  # node -> tracking connection
+        self._waiting: dict[int, deque[bytes]] = {}  # node -> keys awaiting TRACKING's reply
+        self._prefixes: dict[int, int] = {}
+
+    def cacheable(self, key: bytes) -> bool:
+        return self.watched.get(key) == "ok"
+
+    def invalidate_request(self, args: list[bytes]) -> None:
+        """Invalidate every watched key a request names (a transaction's writes at EXEC)."""
+        spec = self.server.table.lookup(args)
+        if spec is None:
+            return
+        try:
+            positions = spec.key_positions(args)
+        except Exception:
+            return
+        for p in positions:
+            if args[p] in self.watched:
+                self.cache.invalidate(args[p])
+
+    # ------------------------------------------------------------------ decisions
+
+    async def run(self) -> None:
+        window = self.settings.window_ms / 1000
+        while True:
+            await trio.sleep(window)
+            for event in self.detector.tick(time.monotonic()):
+                if event.hot:
+                    self._became_hot(event.key)
+                else:
+                    self._cooled(event.key)
+            self._retrack()
+
+    def _became_hot(self, key: bytes) -> None:
+        mitigation = self.rules.for_key(key)
+        log.info("hot key %r (%s)", key[:64], mitigation.kind)
+        if mitigation.kind == "cache" and key not in self.watched:
+            self.watched[key] = "pending"
+            self._track(key)
+
+    def _cooled(self, key: bytes) -> None:
+        if self.watched.pop(key, None) is not None:
+            self.cache.invalidate(key)
+
+    def _track(self, key: bytes) -> None:
+        node = self.server.placement.node_index(key)
+        if node < 0:  # a migrating arc: nothing is cached there
+            self.watched[key] = "refused"
+            return
+        conn = self._tracking.get(node)
+        if conn is None or conn.state not in (UP, "connecting") or \
+                self._prefixes.get(node, 0) >= MAX_PREFIXES:
+            conn = self._open_tracking(node)
+        err = conn.send_unmatched(resp.pack_command((b"CLIENT", b"TRACKING", b"ON", b"BCAST",
+                                                     b"PREFIX", key)))
+        if err is not None:
+            self.watched[key] = "refused"
+            return
+        self._waiting[node].append(key)
+        self._prefixes[node] = self._prefixes.get(node, 0) + 1
+
+    def _open_tracking(self, node: int):
+        old = self._tracking.pop(node, None)
+        if old is not None:
+            old.on_lost = None
+            old.close()
+            self._forget_node(node)
+        conn = self.server.backend.open_dedicated(node, 3)
+        conn.on_push = lambda raw, node=node: self._on_tracking_reply(node, raw)
+        conn.on_lost = lambda reason, node=node: self._tracking_lost(node, reason)
+        self._tracking[node] = conn
+        self._waiting[node] = deque()
+        self._prefixes[node] = 0
+        return conn
+
+    def _on_tracking_reply(self, node: int, raw: bytes) -> None:
+        if raw[:1] == b">":
+            reader = hiredis.Reader()
+            reader.feed(raw)
+            message = reader.gets()
+            if isinstance(message, list) and message and message[0] == b"invalidate":
+                keys = message[1] if len(message) > 1 else None
+                if keys is None:  # the node was flushed
+                    self.cache.clear()
+                else:
+                    for key in keys:
+                        self.cache.invalidate(key)
+            return
+        waiting = self._waiting.get(node)
+        if not waiting:
+            return
+        key = waiting.popleft()
+        if key in self.watched:
+            # overlapping prefixes are refused by Redis: such a key is just not cached
+            self.watched[key] = "ok" if raw == resp.OK else "refused"
+
+    def _tracking_lost(self, node: int, reason: str) -> None:
+        log.warning("hot keys: change reports from node %d stopped (%s); its keys are read "
+                    "from the node until they resume", node, reason)
+        self._tracking.pop(node, None)
+        self._forget_node(node)
+
+    def _forget_node(self, node: int) -> None:
+        self.cache.clear()  # anything may have changed unreported
+        placement = self.server.placement
+        for key, state in list(self.watched.items()):
+            if state != "refused" and placement.node_index(key) == node:
+                self.watched[key] = "lost"
+        self._waiting.pop(node, None)
+
+    def _retrack(self) -> None:
+        """Keys whose reports were interrupted are tracked again (on a new connection)."""
+        for key, state in list(self.watched.items()):
+            if state == "lost":
+                self.watched[key] = "pending"
+                self._track(key)
+
+    # ------------------------------------------------------------------ visibility
+
+    def describe(self) -> list[dict]:
+        placement = self.server.placement
+        labels = self.server.routes.labels
+        rows = []
+        for hot in self.detector.hot_keys():
+            node = placement.node_index(hot.key)
+            mitigation = self.rules.for_key(hot.key).kind
+            state = self.watched.get(hot.key)
+            if mitigation == "cache" and state != "ok":
+                mitigation = f"cache ({state or 'pending'})"
+            rows.append({"key": hot.key, "ops_per_sec": round(hot.ops_per_sec, 1),
+                         "node": labels[node] if node >= 0 else "migrating",
+                         "mitigation": mitigation})
+        return rows
+
+    def info(self) -> dict[str, object]:
+        fields: dict[str, object] = {f"cache_{k}": v for k, v in self.cache.stats().items()}
+        fields["hot_keys"] = len(self.detector.hot_keys())
+        fields["threshold_ops_per_sec"] = round(self.detector.threshold_rate, 1)
+        for index, row in enumerate(self.describe()):
+            key = row["key"].decode(errors="replace").replace(",", "_").replace("\r", "")
+            fields[f"hot{index}"] = (f"key={key},ops_per_sec={row['ops_per_sec']},"
+                                     f"node={row['node']},mitigation={row['mitigation']}")
+        return fields
