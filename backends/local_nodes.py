@@ -253,3 +253,192 @@ def redis_cluster(count: int, options: RedisOptions | None = None) -> Iterator[l
     finally:
         for node in nodes:
             node.stop()
+
+
+# ---------------------------------------------------------------- replicas and Sentinel
+
+
+def redis_command(host: str, port: int, *args: str | bytes | int, password: str | None = None,
+                  timeout: float = 1.0) -> object:
+    """One command's reply over a fresh blocking connection, for polling a node's state
+    without a client library; error replies come back as ``hiredis.ReplyError`` values."""
+    import hiredis
+
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        reader = hiredis.Reader()
+        payload = hiredis.pack_command(tuple(args))
+        if password:
+            payload = hiredis.pack_command(("AUTH", password)) + payload
+        s.sendall(payload)
+        replies: list[object] = []
+        while len(replies) < (2 if password else 1):
+            data = s.recv(65536)
+            if not data:
+                raise ConnectionError(f"{host}:{port} closed the connection")
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+    return replies[-1]
+
+
+def redis_info(node: RedisProcess, section: str) -> dict[str, str]:
+    """``INFO section`` as a flat dict of strings (empty when the node cannot be asked)."""
+    try:
+        text = redis_command(node.host, node.port, "INFO", section, password=node.password)
+    except OSError:
+        return {}
+    if not isinstance(text, bytes):
+        return {}
+    fields = {}
+    for line in text.decode(errors="replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("#"):
+            fields[key] = value.strip()
+    return fields
+
+
+def start_replica(primary: RedisProcess, **kw) -> RedisProcess:
+    """A new node replicating ``primary`` (real ``replicaof``); it inherits the primary's
+    password unless ``options`` say otherwise. Other keywords go to ``start_redis``."""
+    import dataclasses
+
+    options = kw.pop("options", None) or RedisOptions(password=primary.password)
+    options = dataclasses.replace(options, replicaof=primary.address)
+    return start_redis(options=options, **kw)
+
+
+def wait_for_replication(primary: RedisProcess, replica: RedisProcess,
+                         timeout: float = 10.0) -> None:
+    """Block until the replica's link is up and it has everything the primary wrote, so a
+    test that kills the primary next knows exactly what the replica holds."""
+
+    def caught_up() -> bool:
+        theirs = redis_info(replica, "replication")
+        if theirs.get("master_link_status") != "up":
+            return False
+        ours = redis_info(primary, "replication")
+        offset = ours.get("master_repl_offset")
+        return offset is not None and theirs.get("slave_repl_offset") == offset
+
+    wait_until(caught_up, timeout, f"replication {primary.address} -> {replica.address}",
+               replica.proc)
+
+
+def find_sentinel() -> str:
+    """``redis-sentinel``, else a ``redis-server`` (any build runs as a sentinel with
+    ``--sentinel``); the error names the package to install."""
+    try:
+        return find_binary("redis-sentinel", "apt-get install redis-sentinel")
+    except ServerNotFound:
+        try:
+            return find_redis_server()
+        except ServerNotFound:
+            raise ServerNotFound(
+                "no redis-sentinel found: install one (Debian/Ubuntu: `apt-get install "
+                "redis-sentinel`, macOS: `brew install redis`)") from None
+
+
+@dataclass
+class SentinelProcess(RedisProcess):
+    """One running Redis Sentinel; ``stop()``, ``kill()`` and the context manager work as
+    for a node. ``conf`` is the config file Sentinel rewrites with what it learns."""
+
+    conf: str = ""
+
+
+def start_sentinel(
+    port: int | None = None,
+    *,
+    monitors: Sequence[tuple[str, RedisProcess, int]],
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 3000,
+    parallel_syncs: int = 1,
+    password: str | None = None,
+    binary: str | None = None,
+    timeout: float = 10.0,
+) -> SentinelProcess:
+    """Start a Sentinel on loopback monitoring each ``(name, primary, quorum)`` and wait
+    until it answers PING. ``password`` is the sentinel's own ``requirepass``; a monitored
+    node's password becomes its ``auth-pass``. Defaults favour a fast failover in tests."""
+    binary = binary or find_sentinel()
+    attempts = 1 if port is not None else 5
+    last_error: Exception | None = None
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port()
+        wd = tempfile.mkdtemp(prefix=f"ringleader-sentinel-{chosen}-")
+        lines = [
+            f"port {chosen}",
+            f"bind {HOST}",
+            "daemonize no",
+            f"dir {wd}",
+            f"logfile {os.path.join(wd, 'sentinel.log')}",
+            "sentinel resolve-hostnames no",
+        ]
+        if password:
+            lines.append(f"requirepass {password}")
+        for name, primary, quorum in monitors:
+            lines += [
+                f"sentinel monitor {name} {primary.host} {primary.port} {quorum}",
+                f"sentinel down-after-milliseconds {name} {down_after_ms}",
+                f"sentinel failover-timeout {name} {failover_timeout_ms}",
+                f"sentinel parallel-syncs {name} {parallel_syncs}",
+            ]
+            if primary.password:
+                lines.append(f"sentinel auth-pass {name} {primary.password}")
+        conf = os.path.join(wd, "sentinel.conf")
+        Path(conf).write_text("\n".join(lines) + "\n")
+        args = [binary, conf]
+        if "sentinel" not in os.path.basename(binary):
+            args.append("--sentinel")
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=die_with_parent)
+        sentinel = SentinelProcess(chosen, proc, wd, password=password, conf=conf)
+        try:
+            wait_until(lambda s=sentinel: redis_ping(HOST, s.port, password=s.password),
+                       timeout, f"redis-sentinel on port {chosen}", proc)
+            return sentinel
+        except (RuntimeError, TimeoutError) as exc:
+            last_error = exc
+            err = b""
+            if proc.poll() is not None and proc.stderr is not None:
+                err = proc.stderr.read() or b""
+            log_file = Path(wd, "sentinel.log")
+            if log_file.exists():
+                err += log_file.read_bytes()[-2000:]
+            sentinel.stop()
+            if port is not None:
+                raise RuntimeError(f"{exc}: {err.decode(errors='replace').strip()}") from exc
+    raise RuntimeError(f"could not start redis-sentinel: {last_error}")
+
+
+def sentinel_master_state(sentinel: RedisProcess, name: str) -> dict[str, str]:
+    """What one sentinel believes about a monitored primary (``SENTINEL MASTER name``);
+    empty when it cannot be asked or does not know the name."""
+    try:
+        reply = redis_command(sentinel.host, sentinel.port, "SENTINEL", "MASTER", name,
+                              password=sentinel.password)
+    except OSError:
+        return {}
+    if not isinstance(reply, list):
+        return {}
+    items = [x.decode(errors="replace") if isinstance(x, bytes) else str(x) for x in reply]
+    return dict(zip(items[::2], items[1::2], strict=False))
+
+
+def wait_for_sentinels(sentinels: Sequence[RedisProcess], name: str, *, replicas: int,
+                       timeout: float = 15.0) -> None:
+    """Block until every sentinel knows all the others and ``replicas`` replicas of
+    ``name``: before that a failover could not reach its quorum or would have no replica to
+    promote, and a test killing the primary would wait in vain."""
+    others = str(len(sentinels) - 1)
+    want = str(replicas)
+
+    def settled() -> bool:
+        for sentinel in sentinels:
+            state = sentinel_master_state(sentinel, name)
+            if state.get("num-other-sentinels") != others or state.get("num-slaves") != want:
+                return False
+        return True
+
+    wait_until(settled, timeout, f"sentinels agreeing on {name}")

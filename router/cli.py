@@ -140,18 +140,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     replicas: list[list] = []
     try:
         next_port = args.base_port
+
+        def start(options=None):
+            nonlocal next_port
+            wanted, next_port = next_port, next_port + 1
+            if not port_accepts("127.0.0.1", wanted):
+                try:
+                    return start_redis(wanted, binary=binary, options=options)
+                except RuntimeError:  # taken meanwhile: any free port will do
+                    pass
+            return start_redis(None, binary=binary, options=options)
+
         for _ in range(args.count):
-            chosen = None if port_accepts("127.0.0.1", next_port) else next_port
-            primary = start_redis(chosen, binary=binary)
+            primary = start()
             nodes.append(primary)
-            next_port += 1
-            mine = []
-            for _ in range(args.replicas):
-                chosen = None if port_accepts("127.0.0.1", next_port) else next_port
-                mine.append(start_redis(chosen, binary=binary,
-                                        options=RedisOptions(replicaof=primary.address)))
-                next_port += 1
-            replicas.append(mine)
+            replicas.append([start(RedisOptions(replicaof=primary.address))
+                             for _ in range(args.replicas)])
         config = from_mapping({
             "listen": args.listen,
             "nodes": [{"address": n.address, "replicas": [r.address for r in mine]}
