@@ -45,6 +45,10 @@ def _config_from_args(args: argparse.Namespace, *, need_listen: bool = True) -> 
         overrides["requirepass"] = args.requirepass
     if getattr(args, "workers", None):
         overrides["workers"] = args.workers
+    if getattr(args, "hotkeys", False) and not config.hotkeys.enabled:
+        from hotkeys.rules import HotKeySettings
+
+        overrides["hotkeys"] = HotKeySettings(enabled=True)
     return config.with_overrides(**overrides)
 
 
@@ -226,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the twemproxy pool's listen)")
     serve.add_argument("--requirepass", help="password clients must AUTH with")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port")
+    serve.add_argument("--hotkeys", action="store_true",
+                       help="detect hot keys and cache their reads (default settings; a "
+                            "[hotkeys] table in --config sets them)")
     serve.set_defaults(func=cmd_serve)
 
     locate = sub.add_parser("locate", help="print the node each key maps to")
