@@ -10,7 +10,87 @@ from __future__ import annotations
 
 import time
 
-from .routes import Route, Sink
+from .routes import Route, SingleKey, Sink
+
+
+class HotReadKey(SingleKey):
+    """SingleKey for reads with hot-key handling inlined (the common case: no extra call)."""
+
+    __slots__ = ("service",)
+
+    def __init__(self, route: SingleKey, service) -> None:
+        super().__init__(route.name, route.arity, route.pos, _Placed(route.node_of))
+        self.service = service
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        n = len(args)
+        a = self.arity
+        if (n != a) if a > 0 else (n < -a):
+            sink.reply(self.arity_reply)
+            return
+        key = args[self.pos]
+        service = self.service
+        service.observe(key)
+        watched = service.watched
+        if watched and watched.get(key) == "ok":
+            serve_cached(service, key, args, sink, self.node_of)
+            return
+        sink.forward(self.node_of(key), args)
+
+    def describe(self) -> str:
+        return "to the key's node; hot keys from the near cache"
+
+
+class HotWriteKey(SingleKey):
+    """SingleKey for writes: the key is counted and invalidated (if cached) before sending."""
+
+    __slots__ = ("service",)
+
+    def __init__(self, route: SingleKey, service) -> None:
+        super().__init__(route.name, route.arity, route.pos, _Placed(route.node_of))
+        self.service = service
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        n = len(args)
+        a = self.arity
+        if (n != a) if a > 0 else (n < -a):
+            sink.reply(self.arity_reply)
+            return
+        key = args[self.pos]
+        service = self.service
+        service.observe(key)
+        watched = service.watched
+        if watched and key in watched:
+            service.cache.invalidate(key)
+        sink.forward(self.node_of(key), args)
+
+    def describe(self) -> str:
+        return "to the key's node; invalidates hot keys first"
+
+
+class _Placed:
+    """Adapts a bare ``node_of`` to the Placement shape SingleKey's constructor takes."""
+
+    __slots__ = ("node_index",)
+
+    def __init__(self, node_of) -> None:
+        self.node_index = node_of
+
+
+def serve_cached(service, key: bytes, args: list[bytes], sink: Sink, node_of) -> None:
+    """A read of a tracked hot key: from the cache, or from the node, keeping the reply."""
+    cache = service.cache
+    entry = (tuple(args), sink.proto)
+    raw = cache.get(entry, time.monotonic())
+    if raw is not None:
+        sink.reply(raw)
+        return
+    version = cache.version(key)
+
+    def store(reply: bytes) -> None:
+        cache.put(entry, key, reply, version, time.monotonic())
+
+    sink.forward_observed(node_of(key), args, store)
 
 
 class HotRead(Route):
@@ -27,23 +107,11 @@ class HotRead(Route):
         service = self.service
         if len(args) > self.pos:
             key = args[self.pos]
-            if service.observe(key) and service.cacheable(key):
-                cache = service.cache
-                entry = (tuple(args), sink.proto)
-                now = time.monotonic()
-                raw = cache.get(entry, now)
-                if raw is not None:
-                    sink.reply(raw)
-                    return
-                version = cache.version(key)
-
-                def store(reply: bytes) -> None:
-                    cache.put(entry, key, reply, version, time.monotonic())
-
-                forward_observed = getattr(sink, "forward_observed", None)
-                if forward_observed is not None:
-                    forward_observed(self.node_of(key), args, store)
-                    return
+            service.observe(key)
+            watched = service.watched
+            if watched and watched.get(key) == "ok" and hasattr(sink, "forward_observed"):
+                serve_cached(service, key, args, sink, self.node_of)
+                return
         self.inner.serve(args, sink)
 
     def describe(self) -> str:
@@ -53,25 +121,34 @@ class HotRead(Route):
 class HotWrite(Route):
     """Any write: every key it names is counted and, if it may be cached, invalidated."""
 
-    __slots__ = ("inner", "service", "spec")
+    __slots__ = ("inner", "service", "spec", "pos")
 
-    def __init__(self, inner: Route, service, spec) -> None:
+    def __init__(self, inner: Route, service, spec, pos: int | None = None) -> None:
         super().__init__(inner.name, inner.arity)
         self.inner = inner
         self.service = service
         self.spec = spec
+        self.pos = pos  # the key's position when there is exactly one
 
     def serve(self, args: list[bytes], sink: Sink) -> None:
         service = self.service
-        try:
-            positions = self.spec.key_positions(args)
-        except Exception:  # malformed: the inner route replies the error
-            positions = ()
-        for p in positions:
-            key = args[p]
-            service.observe(key)
-            if key in service.watched:
-                service.cache.invalidate(key)
+        watched = service.watched
+        if self.pos is not None:
+            if len(args) > self.pos:
+                key = args[self.pos]
+                service.observe(key)
+                if watched and key in watched:
+                    service.cache.invalidate(key)
+        else:
+            try:
+                positions = self.spec.key_positions(args)
+            except Exception:  # malformed: the inner route replies the error
+                positions = ()
+            for p in positions:
+                key = args[p]
+                service.observe(key)
+                if watched and key in watched:
+                    service.cache.invalidate(key)
         self.inner.serve(args, sink)
 
     def describe(self) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from . import local
 from .commands import CommandTable, unknown_command_error, unknown_subcommand_error
-from .hotroutes import HotRead, HotWrite
+from .hotroutes import HotRead, HotReadKey, HotWrite, HotWriteKey
 from .placement import Placement
 from .routes import (
     AllNodes,
@@ -226,10 +226,15 @@ class RouteTable:
         if self.hot is None or not spec.has_keys or isinstance(route, Refuse | Local):
             return route
         mode = policy_mode(spec)
+        plain = type(route) is SingleKey
+        if mode == "read" and plain:
+            return HotReadKey(route, self.hot)
         if mode == "read" and isinstance(route, SingleKey):
             return HotRead(route, self.hot, route.pos, self.placement.node_index)
+        if mode == "write" and plain:
+            return HotWriteKey(route, self.hot)
         if mode == "write":
-            return HotWrite(route, self.hot, spec)
+            return HotWrite(route, self.hot, spec, getattr(route, "pos", None))
         return route
 
     def _base_route(self, spec) -> Route:
