@@ -163,6 +163,8 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -344,6 +346,11 @@ class SentinelProcess(RedisProcess):
     for a node. ``conf`` is the config file Sentinel rewrites with what it learns."""
 
     conf: str = ""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        if self.proc.stderr is not None:  # the pipe kept for start-up errors
+            self.proc.stderr.close()
 
 
 def start_sentinel(
