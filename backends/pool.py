@@ -1,17 +1,21 @@
-"""All node connections of one proxy worker: per node, one shared connection per protocol.
+"""All node connections of one proxy worker: per shard, one shared connection to its
+primary (and one to each replica) per protocol, plus a move-then-serve link per migration.
 
-RESP3 connections are opened only once a RESP3 client shows up, so a deployment of RESP2
-clients (redis-benchmark, redis-cli) holds exactly one connection per node.
+The lists handed out by ``connections`` are updated in place when the topology changes, so
+every session sees the new shards at once: index ``i`` is shard ``i``, and the negative
+index ``-(k + 1)`` is migration ``k`` (the code placement gives keys in its arcs).
+RESP3 connections are opened only once a RESP3 client shows up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
 from router.nodes import NodeSpec
 
+from .migrating import MigratingLink
 from .node import NodeConnection, NodeSettings
 from .poller import Poller
 
@@ -20,40 +24,88 @@ class Backend:
     """Owns the node connections and the tasks that run them (in the given nursery)."""
 
     def __init__(self, nodes: Sequence[NodeSpec], settings: NodeSettings,
-                 nursery: trio.Nursery, poller: Poller) -> None:
+                 nursery: trio.Nursery, poller: Poller,
+                 find_keys: Callable[[list[bytes]], list[bytes]] | None = None,
+                 migrate_timeout_ms: int = 5000) -> None:
         self.nodes = list(nodes)
         self.settings = settings
         self._nursery = nursery
         self.poller = poller
-        self._by_proto: dict[int, list[NodeConnection]] = {}
-        self._replicas_by_proto: dict[int, list[list[NodeConnection]]] = {}
+        self.find_keys = find_keys
+        self.migrate_timeout_ms = migrate_timeout_ms
+        #: (migration id, source index, target index), in the topology's order
+        self.migrations: list[tuple[int, int, int]] = []
+        self.migration_stats: dict[int, object] = {}
+        self._open: dict[tuple[int, str], NodeConnection] = {}
+        self._lists: dict[int, list] = {}
+        self._replica_lists: dict[int, list[list]] = {}
 
-    def connections(self, proto: int) -> list[NodeConnection]:
-        """The shards' primary connections for ``proto``, indexed like the node list; opened
-        on first use (with the replicas' connections)."""
-        conns = self._by_proto.get(proto)
+    def connections(self, proto: int) -> list:
+        """The shards' primary connections for ``proto`` (then the migrations' links at
+        negative indices); opened on first use, with the replicas' connections."""
+        conns = self._lists.get(proto)
         if conns is None:
-            conns = [self._start(NodeConnection(node, proto, self.settings, self.poller))
-                     for node in self.nodes]
-            self._by_proto[proto] = conns
-            self._replicas_by_proto[proto] = [
-                [self._start(NodeConnection(replica, proto, self.settings, self.poller))
-                 for replica in node.replicas]
-                for node in self.nodes]
+            conns = self._lists[proto] = []
+            self._replica_lists[proto] = []
+            self._rebuild(proto)
         return conns
 
     def replicas(self, proto: int) -> list[list[NodeConnection]]:
         """Per shard, the connections to its replicas (empty lists without replicas)."""
         self.connections(proto)
-        return self._replicas_by_proto[proto]
+        return self._replica_lists[proto]
 
-    def _start(self, conn: NodeConnection) -> NodeConnection:
-        self._nursery.start_soon(conn.run, name=f"node {conn.address} resp{conn.proto}")
+    def set_topology(self, nodes: Sequence[NodeSpec],
+                     migrations: list[tuple[int, int, int]]) -> None:
+        """Shards and migrations changed: rebuild every list in place; connections to nodes
+        no longer used are closed once their requests are answered."""
+        self.nodes = list(nodes)
+        self.migrations = list(migrations)
+        for proto in list(self._lists):
+            self._rebuild(proto)
+        used = {(proto, node.address) for proto in self._lists for node in self._all_nodes()}
+        for key in list(self._open):
+            if key not in used:
+                self._nursery.start_soon(self._retire, self._open.pop(key))
+
+    def _all_nodes(self) -> list[NodeSpec]:
+        return [*self.nodes, *(r for node in self.nodes for r in node.replicas)]
+
+    def _conn(self, proto: int, node: NodeSpec) -> NodeConnection:
+        conn = self._open.get((proto, node.address))
+        if conn is None or conn.node != node:
+            if conn is not None:
+                self._nursery.start_soon(self._retire, conn)
+            conn = NodeConnection(node, proto, self.settings, self.poller)
+            self._nursery.start_soon(conn.run, name=f"node {conn.address} resp{proto}")
+            self._open[(proto, node.address)] = conn
         return conn
 
+    def _rebuild(self, proto: int) -> None:
+        primaries = [self._conn(proto, node) for node in self.nodes]
+        links = [
+            MigratingLink(mid, primaries[source], primaries[target], self.nodes[target],
+                          self.find_keys or (lambda args: []),
+                          timeout_ms=self.migrate_timeout_ms, db=self.settings.db,
+                          username=self.settings.username, password=self.settings.password,
+                          stats=self.migration_stats.get(mid))
+            for mid, source, target in self.migrations]
+        self._lists[proto][:] = primaries + links[::-1]
+        self._replica_lists[proto][:] = (
+            [[self._conn(proto, r) for r in node.replicas] for node in self.nodes]
+            + [[] for _ in links])
+
+    async def _retire(self, conn: NodeConnection) -> None:
+        with trio.move_on_after(self.settings.request_timeout * 2):
+            while conn.outstanding:
+                await trio.sleep(0.05)
+        conn.close()
+
     def open_dedicated(self, index: int, proto: int) -> NodeConnection:
-        """A connection to node ``index`` for one client alone (WATCH, blocking commands);
-        the client closes it."""
+        """A connection to shard ``index``'s primary for one client alone (WATCH, blocking
+        commands, subscriptions); the client closes it."""
+        if index < 0:
+            raise ValueError("no dedicated connection to a moving arc")
         conn = NodeConnection(self.nodes[index], proto, self.settings, self.poller,
                               dedicated=True)
         self._nursery.start_soon(conn.run, name=f"dedicated {conn.address}")
@@ -61,10 +113,7 @@ class Backend:
 
     def all_connections(self) -> list[NodeConnection]:
         """Every shared connection, primaries and replicas."""
-        primaries = [conn for conns in self._by_proto.values() for conn in conns]
-        replicas = [conn for shards in self._replicas_by_proto.values() for conns in shards
-                    for conn in conns]
-        return primaries + replicas
+        return list(self._open.values())
 
     def outstanding(self) -> int:
         return sum(conn.outstanding for conn in self.all_connections())

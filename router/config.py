@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hotkeys.rules import HotKeySettings
+from rebalancer.mover import MoveSettings
 
 from .nodes import NodeSpec, parse_node_list
 from .placement import Placement
@@ -94,6 +95,12 @@ class ProxyConfig:
     sentinel_password: str | None = None
     #: Hot-key detection and mitigation ([hotkeys] table; off by default).
     hotkeys: HotKeySettings = field(default_factory=HotKeySettings)
+    #: Where the topology is kept (rebalancer/store.py); None: in this process only.
+    state_dir: str | None = None
+    #: The background mover's pace ([migration] table).
+    migration: MoveSettings = field(default_factory=MoveSettings)
+    #: Password for RINGLEADER admin commands (None: no admin password).
+    admin_password: str | None = None
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -107,6 +114,12 @@ class ProxyConfig:
         split_address(self.listen)
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        if self.distribution == VNODES and self.hash != "xxh3":
+            raise ConfigError(f"distribution 'vnodes' needs the 64-bit hash 'xxh3', not "
+                              f"{self.hash!r} (twemproxy's hashes go with ketama or modula)")
+        if self.distribution == "ketama" and self.hash == "xxh3":
+            raise ConfigError("distribution 'ketama' needs one of twemproxy's 32-bit hashes "
+                              "(md5, fnv1a_64...), not 'xxh3'")
         if self.scripts_without_keys not in ("first-node", "refuse"):
             raise ConfigError("scripts_without_keys must be 'first-node' or 'refuse'")
         try:
@@ -245,6 +258,7 @@ def from_mapping(data: dict[str, Any], where: str = "config") -> ProxyConfig:
         raise ConfigError(f"{where}: {exc}") from None
     timeouts = _section(Timeouts, data.pop("timeouts", {}), "timeouts")
     limits = _section(Limits, data.pop("limits", {}), "limits")
+    migration = _section(MoveSettings, data.pop("migration", {}), "migration")
     hot = dict(data.pop("hotkeys", {"enabled": False}))
     hot.setdefault("enabled", True)  # a [hotkeys] table turns it on unless it says otherwise
     if "rules" in hot:
@@ -253,14 +267,16 @@ def from_mapping(data: dict[str, Any], where: str = "config") -> ProxyConfig:
         hotkeys = _section(HotKeySettings, hot, "hotkeys")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    known = {f.name for f in fields(ProxyConfig)} - {"nodes", "timeouts", "limits", "hotkeys"}
+    known = {f.name for f in fields(ProxyConfig)} - {"nodes", "timeouts", "limits", "hotkeys",
+                                                     "migration"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
     for listed in ("policies", "sentinels"):
         if listed in data:
             data[listed] = tuple(data[listed])
-    return ProxyConfig(nodes=nodes, timeouts=timeouts, limits=limits, hotkeys=hotkeys, **data)
+    return ProxyConfig(nodes=nodes, timeouts=timeouts, limits=limits, hotkeys=hotkeys,
+                       migration=migration, **data)
 
 
 def load_twemproxy(path: str | Path, pool: str | None = None) -> ProxyConfig:

@@ -19,7 +19,7 @@ class Placement:
     whole key is hashed and no later tag is looked for (exactly as twemproxy does).
     """
 
-    __slots__ = ("hash", "distribution", "hash_tag", "node_index")
+    __slots__ = ("hash", "distribution", "hash_tag", "node_index", "_opening", "_closing")
 
     def __init__(self, hash_fn: Callable[[bytes], int], distribution: Distribution,
                  hash_tag: bytes | None = b"{}") -> None:
@@ -29,6 +29,23 @@ class Placement:
         self.distribution = distribution
         self.hash_tag = hash_tag or None
         self.node_index: Callable[[bytes], int] = _compile(hash_fn, distribution, self.hash_tag)
+        self._opening = self.hash_tag[0:1] if self.hash_tag else b""
+        self._closing = self.hash_tag[1:2] if self.hash_tag else b""
+
+    def key_hash(self, key: bytes) -> int:
+        """The point of the ring ``key`` falls on (off the hot path: planning, moving)."""
+        if self._opening:
+            key = hashed_part(key, self._opening, self._closing)
+        return self.hash(key)
+
+
+def hashed_part(key: bytes, opening: bytes, closing: bytes) -> bytes:
+    start = key.find(opening)
+    if start >= 0:
+        end = key.find(closing, start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
 
 
 def _compile(hash_fn: Callable[[bytes], int], distribution: Distribution,
@@ -36,26 +53,18 @@ def _compile(hash_fn: Callable[[bytes], int], distribution: Distribution,
     """One closure per placement, with everything it needs in local variables: this runs
     for every key of every request, so a ring lookup is inlined rather than called."""
     opening, closing = (tag[0:1], tag[1:2]) if tag else (b"", b"")
-
-    def tagged(key: bytes) -> bytes:
-        start = key.find(opening)
-        if start >= 0:
-            end = key.find(closing, start + 1)
-            if end > start + 1:
-                return key[start + 1:end]
-        return key
-
     if not isinstance(distribution, Ring):
         lookup = distribution.lookup
         if tag is None:
             return lambda key: lookup(hash_fn(key))
-        return lambda key: lookup(hash_fn(tagged(key)))
+        return lambda key: lookup(hash_fn(hashed_part(key, opening, closing)))
     tokens = distribution.tokens
     owners = [*distribution.owners, distribution.owners[0]]  # past the last token: wrap
     if tag is None:
         return lambda key: owners[bisect_left(tokens, hash_fn(key))]
 
     def ring_tagged(key: bytes) -> int:
+        # hashed_part() inlined: this runs for every key of every request
         start = key.find(opening)
         if start >= 0:
             end = key.find(closing, start + 1)

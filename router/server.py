@@ -45,6 +45,11 @@ def node_settings(config: ProxyConfig) -> NodeSettings:
     )
 
 
+def migration_indices(topology) -> list[tuple[int, int, int]]:
+    return [(m.id, topology.shard_index(m.source), topology.shard_index(m.target))
+            for m in topology.migrations]
+
+
 def open_listener(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -58,16 +63,19 @@ def open_listener(host: str, port: int, reuse_port: bool = False) -> socket.sock
 
 class ProxyServer:
     def __init__(self, config: ProxyConfig, table: CommandTable | None = None) -> None:
+        from rebalancer.manager import initial_topology
+
         self.config = config
         self.table = table or CommandTable.default()
-        self.placement = config.placement()
+        self.topology, self.store = initial_topology(config, config.state_dir)
+        self.placement = self.topology.placement()
         self.hot = None
         if config.hotkeys.enabled:
             from .hot import HotKeyService
 
             self.hot = HotKeyService(config.hotkeys, self)
-        self.routes = RouteTable(self.table, self.placement, [n.address for n in config.nodes],
-                                 config.route_options(), self.hot)
+        self.routes = self._route_table(self.topology)
+        self.manager = None
         self.policies = config.policy_set()
         self.ryw_window = config.read_your_writes_ms / 1000
         self.ack_timeout_ms = config.ack_timeout_ms
@@ -103,9 +111,17 @@ class ProxyServer:
                 nursery.start_soon(self._measure_rate)
                 if self.hot is not None:
                     nursery.start_soon(self.hot.run, name="hot keys")
-                self.backend = Backend(self.config.nodes, node_settings(self.config), nursery,
-                                       self.poller)
+                self.backend = Backend(self.topology.nodes(), node_settings(self.config),
+                                       nursery, self.poller, find_keys=self.find_keys,
+                                       migrate_timeout_ms=self.config.migration.migrate_timeout_ms)
+                self.backend.set_topology(self.topology.nodes(),
+                                          migration_indices(self.topology))
                 self.backend.connections(2)  # connect now, not on the first request
+                from rebalancer.manager import TopologyManager
+
+                self.manager = TopologyManager(self, self.topology, self.store,
+                                               self.config.migration)
+                await nursery.start(self.manager.run)
                 self.poller.register(listener.fileno(), self)
                 task_status.started(self.address)
                 await self._stop.wait()
@@ -122,6 +138,42 @@ class ProxyServer:
             for session in list(self._sessions.values()):
                 session.close()
             listener.close()
+
+    # ------------------------------------------------------------------ topology
+
+    def _route_table(self, topology) -> RouteTable:
+        return RouteTable(self.table, topology.placement(),
+                          [n.address for n in topology.nodes()], self.config.route_options(),
+                          self.hot)
+
+    def apply_topology(self, topology) -> None:
+        """A new epoch: placement, routes and connection lists change together, in one step
+        of the poller's task, so no request sees half of it."""
+        self.topology = topology
+        self.placement = topology.placement()
+        self.routes = self._route_table(topology)
+        if self.backend is not None:
+            self.backend.set_topology(topology.nodes(), migration_indices(topology))
+        for session in list(self._sessions.values()):
+            if session.subs is not None and session.subs.active:
+                session.rehome_subscriptions()
+
+    def channel_node(self, name: bytes) -> int:
+        """The shard a pub/sub channel lives on; during a move, the arc's target."""
+        node = self.placement.node_index(name)
+        if node < 0:
+            node = self.topology.shard_index(self.topology.migration_of(node).target)
+        return node
+
+    def find_keys(self, args: list[bytes]) -> list[bytes]:
+        """The keys a request names (move-then-serve moves them before it runs)."""
+        spec = self.table.lookup(args)
+        if spec is None:
+            return []
+        try:
+            return [args[p] for p in spec.key_positions(args)]
+        except Exception:
+            return []
 
     def shutdown(self) -> None:
         """Stop accepting; sessions finish their in-flight requests, then ``run`` returns."""
@@ -210,8 +262,8 @@ class ProxyServer:
         if total_keys:
             parts["keyspace"]["db0"] = f"keys={total_keys},expires={total_expires},avg_ttl=0"
         conns = self.backend.all_connections() if self.backend is not None else []
-        for index, node in enumerate(self.config.nodes):
-            mine = [c for c in conns if c.node is node]
+        for index, node in enumerate(self.topology.nodes()):
+            mine = [c for c in conns if c.node == node]
             state = "up" if mine and all(c.state == "up" for c in mine) else (
                 next((c.state for c in mine if c.state != "up"), "unknown"))
             if index < len(node_fields) and node_fields[index] is None and state == "up":

@@ -45,6 +45,10 @@ RECV_SIZE = 64 * 1024
 
 _UNAUTHENTICATED_OK = frozenset({b"AUTH", b"HELLO", b"QUIT"})
 
+MOVING = resp.error("TRYAGAIN ringleader: this key's arc is moving between nodes; commands "
+                    "that hold a node connection (WATCH, MULTI, blocking ones) cannot use it "
+                    "until the move ends; retry shortly")
+
 
 class ClientSession:
     """The sink routes talk to, and the owner of one client socket."""
@@ -190,6 +194,9 @@ class ClientSession:
 
     def forward_dedicated(self, node: int, args: list[bytes]) -> None:
         """Run on this client's own connection to ``node`` (blocking commands, WATCH)."""
+        if node < 0:
+            self.reply(MOVING)
+            return
         payload = pack_command(tuple(args))
         slot = Slot(self)
         self.pending.append(slot)
@@ -211,6 +218,9 @@ class ClientSession:
     def watch(self, node: int, args: list[bytes]) -> None:
         if self.tx is not None:
             self.reply(WATCH_IN_MULTI)
+            return
+        if node < 0:
+            self.reply(MOVING)
             return
         if self.watch_node is not None and node != self.watch_node:
             self.reply(resp.error(
@@ -242,6 +252,8 @@ class ClientSession:
             return
         capture = Capture(self.proto)
         self.server.routes.dispatch(args, capture)
+        if capture.node is not None and capture.node < 0:
+            capture.refusal = MOVING
         self.reply(self.tx.queue(capture))
 
     def end_transaction(self, commit: bool) -> bytes | None:
@@ -303,7 +315,7 @@ class ClientSession:
     def pubsub(self, args: list[bytes]) -> None:
         """(P|S)(UN)SUBSCRIBE: confirmed by the proxy, sent to the nodes concerned."""
         if self.subs is None:
-            self.subs = Subscriptions(self.server.placement.node_index, len(self.conns))
+            self.subs = Subscriptions(self.server.channel_node, len(self.server.topology.shards))
         name = args[0].upper()
         names = args[1:]
         subs, proto = self.subs, self.proto
@@ -329,6 +341,25 @@ class ClientSession:
         if not subs.active:
             self._close_pubsub()
         self._update_mode()
+
+    def rehome_subscriptions(self) -> None:
+        """The topology changed: channels whose shard changed follow it (subscribe on the new
+        node first, then leave the old one), and patterns reach every current shard."""
+        subs = self.subs
+        subs.node_count = len(self.server.topology.shards)
+        old_conns = self.pubsub_conns
+        self.pubsub_conns = {}
+        for table, command in ((subs.channels, b"SUBSCRIBE"), (subs.shard_channels, b"SSUBSCRIBE")):
+            for name in list(table):
+                table[name] = node = self.server.channel_node(name)
+                self._pubsub_conn(node).send_unmatched(pack_command((command, name)))
+        if subs.patterns:
+            for node in range(subs.node_count):
+                self._pubsub_conn(node).send_unmatched(
+                    pack_command((b"PSUBSCRIBE", *sorted(subs.patterns))))
+        for conn in old_conns.values():  # messages may arrive twice meanwhile, never lost
+            conn.on_lost = None
+            conn.close()
 
     def _pubsub_conn(self, node: int):
         conn = self.pubsub_conns.get(node)

@@ -1,0 +1,106 @@
+"""Move-then-serve for keys in arcs that are moving between nodes.
+
+While an arc migrates, its keys live on the source until moved and on the target after. A
+request for such a key first runs ``MIGRATE target port "" db timeout REPLACE KEYS k...`` on
+the source (atomic there: the keys move, or ``NOKEY`` if they are not on the source any
+more), and only then runs on the target. Every participant follows the rule, so each key has
+one writer at every moment, and the background mover can move the same keys concurrently
+(MIGRATE of an absent key is a harmless NOKEY).
+
+A ``MigratingLink`` stands in the connection list at the migration's negative placement code
+(``conns[-(k + 1)]``), so routes address it like any node and need no special case.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import hiredis
+
+from router import resp
+from router.nodes import NodeSpec
+
+log = logging.getLogger("ringleader.migrating")
+
+
+class MigratingLink:
+    """Connection-like: ``submit`` moves the request's keys to the target, then sends it there."""
+
+    state = "up"
+    dedicated = False
+
+    def __init__(self, migration_id: int, source, target, target_node: NodeSpec,
+                 find_keys: Callable[[list[bytes]], list[bytes]], *, timeout_ms: int,
+                 db: int = 0, username: str | None = None, password: str | None = None,
+                 stats=None) -> None:
+        self.migration_id = migration_id
+        self.source = source
+        self.target = target
+        self.address = f"{source.address}->{target.address}"
+        self.find_keys = find_keys
+        self.stats = stats
+        head = [b"MIGRATE", target_node.host.encode(), b"%d" % target_node.port, b"",
+                b"%d" % db, b"%d" % timeout_ms]
+        password = target_node.password or password
+        username = target_node.username or username
+        if password and username:
+            head += [b"AUTH2", username.encode(), password.encode()]
+        elif password:
+            head += [b"AUTH", password.encode()]
+        self._head = head + [b"REPLACE", b"KEYS"]
+
+    @property
+    def proto(self) -> int:
+        return self.target.proto
+
+    def submit(self, payload: bytes, entry) -> bytes | None:
+        reader = hiredis.Reader()
+        reader.feed(payload)
+        args = reader.gets()
+        keys = self.find_keys(args) if isinstance(args, list) else []
+        if not keys:  # nothing to move (a channel name, say): the target serves it
+            return self.target.submit(payload, entry)
+        migrate = resp.pack_command(tuple(self._head + list(dict.fromkeys(keys))))
+        return self.source.submit(migrate, _ThenTarget(self, payload, entry, keys))
+
+    def submit_many(self, payloads: list[bytes], entries: list) -> bytes | None:
+        for payload, entry in zip(payloads, entries, strict=True):
+            err = self.submit(payload, entry)
+            if err is not None:
+                return err
+        return None
+
+    @property
+    def outstanding(self) -> int:
+        return 0
+
+
+class _ThenTarget:
+    """The MIGRATE's entry on the source: on success the request goes on to the target."""
+
+    __slots__ = ("link", "payload", "entry", "keys")
+
+    def __init__(self, link: MigratingLink, payload: bytes, entry, keys: list[bytes]) -> None:
+        self.link = link
+        self.payload = payload
+        self.entry = entry
+        self.keys = keys
+
+    def fill(self, raw: bytes):
+        link = self.link
+        if raw in (resp.OK, b"+NOKEY\r\n"):
+            if link.stats is not None and raw == resp.OK:
+                link.stats.moved_on_access += len(self.keys)
+            err = link.target.submit(self.payload, self.entry)
+            if err is None:
+                return None  # the target's reply fills the client's entry later
+            return self.entry.fill(err)
+        if link.stats is not None:
+            link.stats.errors += 1
+        shown = ", ".join(k.decode(errors="replace")[:40] for k in self.keys[:3])
+        log.warning("migration %d: moving %s on access failed: %r", link.migration_id, shown,
+                    raw[:200])
+        return self.entry.fill(resp.error(
+            f"TRYAGAIN ringleader: could not move '{shown}' to its new node "
+            f"({raw[1:-2].decode(errors='replace')[:200]}); the command did not run"))
