@@ -74,6 +74,8 @@ class TopologyManager:
         self._nursery: trio.Nursery | None = None
         self._lease_fd: int | None = None
         self._edit_lock = trio.Lock()
+        #: shard id -> migrations that must finish before the shard is removed
+        self._remove_after: dict[str, set[int]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -212,6 +214,8 @@ class TopologyManager:
                 self._journal({"migration": migration.id, "kind": "done",
                                "moved": progress.moved})
                 log.info("migration %d done: %s", migration.id, progress.message)
+                if self._remove_after:
+                    await self._remove_drained()
             except MoveStuck as exc:
                 progress.state = "failed"
                 progress.message = str(exc)
@@ -297,8 +301,30 @@ class TopologyManager:
             self._journal({"migration": migration.id, "kind": "started",
                            "source": migration.source, "target": migration.target,
                            "arcs": len(migration.arcs)})
+        if plan.remove_after:
+            draining = {m.id for m in self.topology.migrations if m.source == plan.remove_after}
+            self._remove_after[plan.remove_after] = draining
+            self._journal({"kind": "remove-after", "shard": plan.remove_after,
+                           "migrations": sorted(draining)})
+            await self._remove_drained()
         self._ensure_movers()
         return migrations
+
+    async def _remove_drained(self) -> None:
+        """Shards whose arcs have all moved away leave the topology."""
+        for shard_id, waiting in list(self._remove_after.items()):
+            live = {m.id for m in self.topology.migrations}
+            if waiting & live:
+                continue
+            topology = self.topology
+            if topology.arcs_of(shard_id) or any(shard_id in (m.source, m.target)
+                                                 for m in topology.migrations):
+                continue
+            async with self._edit_lock:
+                await self._commit(self.topology.remove_shard(shard_id))
+            del self._remove_after[shard_id]
+            self._journal({"kind": "removed", "shard": shard_id})
+            log.info("shard %s drained and removed", shard_id)
 
     async def move(self, arcs: list[int], target: str, dry_run: bool) -> dict:
         async with self._edit_lock:

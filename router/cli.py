@@ -45,6 +45,10 @@ def _config_from_args(args: argparse.Namespace, *, need_listen: bool = True) -> 
         overrides["requirepass"] = args.requirepass
     if getattr(args, "workers", None):
         overrides["workers"] = args.workers
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = args.state_dir
+    if getattr(args, "admin_password", None):
+        overrides["admin_password"] = args.admin_password
     if getattr(args, "hotkeys", False) and not config.hotkeys.enabled:
         from hotkeys.rules import HotKeySettings
 
@@ -208,6 +212,12 @@ def cmd_commands(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_state_dir():
+    from rebalancer.store import default_state_dir
+
+    return default_state_dir()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringleader", description="A sharding proxy for Redis-protocol storage nodes.")
@@ -230,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "the twemproxy pool's listen)")
     serve.add_argument("--requirepass", help="password clients must AUTH with")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port")
+    serve.add_argument("--state-dir", nargs="?", metavar="DIR",
+                       const=str(_default_state_dir()),
+                       help="keep the topology in DIR (default when given without DIR: "
+                            f"{_default_state_dir()}); a restarted proxy serves the stored "
+                            "topology, and online changes survive restarts")
+    serve.add_argument("--admin-password", help="password for RINGLEADER admin commands")
     serve.add_argument("--hotkeys", action="store_true",
                        help="detect hot keys and cache their reads (default settings; a "
                             "[hotkeys] table in --config sets them)")

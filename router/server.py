@@ -76,6 +76,11 @@ class ProxyServer:
             self.hot = HotKeyService(config.hotkeys, self)
         self.routes = self._route_table(self.topology)
         self.manager = None
+        from rebalancer.admin import Admin
+
+        self.admin = Admin(self)
+        self.node_rates: dict[str, float] = {}  # primary address -> requests/s
+        self._nursery: trio.Nursery | None = None
         self.policies = config.policy_set()
         self.ryw_window = config.read_your_writes_ms / 1000
         self.ack_timeout_ms = config.ack_timeout_ms
@@ -107,6 +112,7 @@ class ProxyServer:
         self.address = listener.getsockname()[:2]
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self.poller.run, name="poller")
                 nursery.start_soon(self._measure_rate)
                 if self.hot is not None:
@@ -174,6 +180,11 @@ class ProxyServer:
             return [args[p] for p in spec.key_positions(args)]
         except Exception:
             return []
+
+    def spawn(self, fn) -> None:
+        """Run ``fn()`` (async) in the server's nursery: admin work, replies that come later."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn)
 
     def shutdown(self) -> None:
         """Stop accepting; sessions finish their in-flight requests, then ``run`` returns."""
@@ -292,10 +303,17 @@ class ProxyServer:
     async def _measure_rate(self) -> None:
         """``instantaneous_ops_per_sec``: commands over the last second."""
         last = self.commands_total
+        last_nodes: dict[str, int] = {}
         while True:
             await trio.sleep(1)
             self.ops_per_sec = self.commands_total - last
             last = self.commands_total
+            if self.backend is not None:
+                totals: dict[str, int] = {}
+                for conn in self.backend.all_connections():
+                    totals[conn.address] = totals.get(conn.address, 0) + conn.requests_total
+                self.node_rates = {a: float(n - last_nodes.get(a, n)) for a, n in totals.items()}
+                last_nodes = totals
 
 
 def parse_info(text: str) -> dict[str, str]:

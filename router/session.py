@@ -85,6 +85,7 @@ class ClientSession:
         self.replica_conns = server.backend.replicas(2)
         self.last_write = -1e9  # for read-your-writes
         self._spread = client_id  # round-robin over replicas, started apart per client
+        self.admin_ok = False  # RINGLEADER AUTH given (when an admin password is set)
         self.subs: Subscriptions | None = None
         self.pubsub_conns: dict[int, object] = {}  # node index -> subscribed connection
         #: True when requests need none of the checks below (the common case): logged in, not
@@ -415,6 +416,18 @@ class ClientSession:
                 "context"))
         else:
             self.server.routes.dispatch(args, self)
+
+    def reply_later(self) -> Slot:
+        """A place in the reply order for an answer computed elsewhere (admin commands)."""
+        slot = Slot(self)
+        self.pending.append(slot)
+        return slot
+
+    def complete(self, slot: Slot, raw: bytes) -> None:
+        slot.data = raw
+        if not self.closed and not self.dirty:
+            self.dirty = True
+            self.poller.client_dirty(self)
 
     # ------------------------------------------------------------------ connection state
 
