@@ -36,7 +36,7 @@ class Backend:
         #: (migration id, source index, target index), in the topology's order
         self.migrations: list[tuple[int, int, int]] = []
         self.migration_stats: dict[int, object] = {}
-        self._open: dict[tuple[int, str], NodeConnection] = {}
+        self._open: dict[tuple[int, NodeSpec], NodeConnection] = {}
         self._lists: dict[int, list] = {}
         self._replica_lists: dict[int, list[list]] = {}
 
@@ -63,7 +63,7 @@ class Backend:
         self.migrations = list(migrations)
         for proto in list(self._lists):
             self._rebuild(proto)
-        used = {(proto, node.address) for proto in self._lists for node in self._all_nodes()}
+        used = {(proto, node) for proto in self._lists for node in self._all_nodes()}
         for key in list(self._open):
             if key not in used:
                 self._nursery.start_soon(self._retire, self._open.pop(key))
@@ -72,13 +72,13 @@ class Backend:
         return [*self.nodes, *(r for node in self.nodes for r in node.replicas)]
 
     def _conn(self, proto: int, node: NodeSpec) -> NodeConnection:
-        conn = self._open.get((proto, node.address))
-        if conn is None or conn.node != node:
-            if conn is not None:
-                self._nursery.start_soon(self._retire, conn)
+        # keyed by the whole spec: a node that was a replica and is now a primary (after a
+        # failover) gets a connection of each kind, never one taking the other's place
+        conn = self._open.get((proto, node))
+        if conn is None:
             conn = NodeConnection(node, proto, self.settings, self.poller)
             self._nursery.start_soon(conn.run, name=f"node {conn.address} resp{proto}")
-            self._open[(proto, node.address)] = conn
+            self._open[(proto, node)] = conn
         return conn
 
     def _rebuild(self, proto: int) -> None:

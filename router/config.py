@@ -236,9 +236,12 @@ def _node(entry: Any, index: int) -> NodeSpec:
     replicas = tuple(
         replace(NodeSpec.parse(r), username=username, password=password)
         for r in entry.get("replicas", ()))
+    sentinel_master = entry.get("sentinel_master")
+    # a Sentinel-managed shard is placed by its master name, so a failover to another
+    # address moves no key
+    name = entry.get("name", base.name) or sentinel_master
     return NodeSpec(base.host, base.port, int(entry.get("weight", base.weight)),
-                    entry.get("name", base.name), username, password, replicas,
-                    entry.get("sentinel_master"))
+                    name, username, password, replicas, sentinel_master)
 
 
 def load_toml(path: str | Path) -> ProxyConfig:

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import trio
 
@@ -24,8 +25,9 @@ from backends.wakeup import tune
 
 from . import __version__
 from .commands import CommandTable
-from .config import ProxyConfig
+from .config import ProxyConfig, split_address
 from .local import REDIS_COMPAT_VERSION
+from .nodes import NodeSpec
 from .route_table import RouteTable
 from .session import ClientSession
 
@@ -80,6 +82,8 @@ class ProxyServer:
 
         self.admin = Admin(self)
         self.node_rates: dict[str, float] = {}  # primary address -> requests/s
+        #: shard id -> (host, port) of its primary as Sentinel reports it
+        self.primaries: dict[str, tuple[str, int]] = {}
         self._nursery: trio.Nursery | None = None
         self.policies = config.policy_set()
         self.ryw_window = config.read_your_writes_ms / 1000
@@ -117,10 +121,11 @@ class ProxyServer:
                 nursery.start_soon(self._measure_rate)
                 if self.hot is not None:
                     nursery.start_soon(self.hot.run, name="hot keys")
-                self.backend = Backend(self.topology.nodes(), node_settings(self.config),
+                self._watch_sentinels(nursery)
+                self.backend = Backend(self.effective_nodes(), node_settings(self.config),
                                        nursery, self.poller, find_keys=self.find_keys,
                                        migrate_timeout_ms=self.config.migration.migrate_timeout_ms)
-                self.backend.set_topology(self.topology.nodes(),
+                self.backend.set_topology(self.effective_nodes(),
                                           migration_indices(self.topology))
                 self.backend.connections(2)  # connect now, not on the first request
                 from rebalancer.manager import TopologyManager
@@ -159,10 +164,51 @@ class ProxyServer:
         self.placement = topology.placement()
         self.routes = self._route_table(topology)
         if self.backend is not None:
-            self.backend.set_topology(topology.nodes(), migration_indices(topology))
+            self.backend.set_topology(self.effective_nodes(), migration_indices(topology))
         for session in list(self._sessions.values()):
             if session.subs is not None and session.subs.active:
                 session.rehome_subscriptions()
+
+    def effective_nodes(self) -> list[NodeSpec]:
+        """The topology's shards, with the primaries Sentinel reported in place."""
+        nodes = []
+        for shard, node in zip(self.topology.shards, self.topology.nodes(), strict=True):
+            where = self.primaries.get(shard.id)
+            if where is not None and (node.host, node.port) != where:
+                node = replace(node, host=where[0], port=where[1])
+            nodes.append(node)
+        return nodes
+
+    def _watch_sentinels(self, nursery: trio.Nursery) -> None:
+        """A watcher per Sentinel-managed shard: a failover re-points its connections."""
+        shards = [s for s in self.topology.shards if s.sentinel_master or s.primary.sentinel_master]
+        if not shards:
+            return
+        from backends.sentinel import SentinelWatcher
+
+        sentinels = [split_address(a) for a in self.config.sentinels]
+        for shard in shards:
+            master = shard.sentinel_master or shard.primary.sentinel_master
+
+            def changed(where, shard_id=shard.id, master=master) -> None:
+                self._primary_changed(shard_id, master, where)
+
+            watcher = SentinelWatcher(sentinels, master, changed,
+                                      password=self.config.sentinel_password)
+            nursery.start_soon(watcher.run, name=f"sentinel {master}")
+
+    def _primary_changed(self, shard_id: str, master: str, where) -> None:
+        if where is None:
+            log.warning("shard %s (%s): no primary known to Sentinel; its writes fail until "
+                        "a failover completes", shard_id, master)
+            return
+        where = (where[0], int(where[1]))
+        if self.primaries.get(shard_id) == where:
+            return
+        log.info("shard %s (%s): primary is now %s:%d", shard_id, master, *where)
+        self.primaries[shard_id] = where
+        if self.backend is not None:
+            self.backend.set_topology(self.effective_nodes(), migration_indices(self.topology))
 
     def channel_node(self, name: bytes) -> int:
         """The shard a pub/sub channel lives on; during a move, the arc's target."""

@@ -14,6 +14,8 @@ from helpers import NodeFactory, ProxyFactory, ProxyProcess, direct, node_list  
 
 from backends.local_nodes import HOST, RedisProcess, ServerNotFound, find_binary, find_redis_server
 
+pytest_plugins = ["sentinel_fixtures"]  # shards watched by real Sentinels
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
