@@ -207,6 +207,8 @@ class TopologyManager:
                                 password=config.node_password)
                 async with self._edit_lock:
                     if any(m.id == migration.id for m in self.topology.migrations):
+                        # finishing ends this migration: it must not cancel its own mover
+                        self._movers.pop(migration.id, None)
                         await self._commit(self.topology.finish_migration(migration.id))
                 progress.state = "done"
                 progress.finished = time.time()

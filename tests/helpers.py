@@ -90,8 +90,9 @@ class ProxyFactory:
     def __init__(self) -> None:
         self.started: list[ProxyProcess] = []
 
-    def __call__(self, *args: str, password: str | None = None) -> ProxyProcess:
-        proxy = ProxyProcess(list(args), free_port(), password=password)
+    def __call__(self, *args: str, password: str | None = None,
+                 port: int | None = None) -> ProxyProcess:
+        proxy = ProxyProcess(list(args), port or free_port(), password=password)
         self.started.append(proxy)
         return proxy
 
