@@ -745,7 +745,7 @@ def run_admin(args: argparse.Namespace, *, out: TextIO | None = None,
         return exc.exit_code
     except KeyboardInterrupt:
         if started:
-            err.write(f"\nringleader admin: stopped waiting; migration"
+            err.write(f"ringleader admin: stopped waiting; migration"
                       f"{'s' if len(started) != 1 else ''} {', '.join(map(str, started))} "
                       f"go on inside the proxy (ringleader admin --proxy {proxy} migrations; "
                       f"cancel ID to stop)\n")

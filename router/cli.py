@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands = sub.add_parser("commands", help="how every Redis command is served")
     commands.set_defaults(func=cmd_commands)
+    from rebalancer.admin_cli import add_admin_parser
+    add_admin_parser(sub)
     return parser
 
 

@@ -257,7 +257,7 @@ class RouteTable:
         if name in SPLIT:
             cls, step = SPLIT[name]
             return cls(name, arity, self.placement, step, mode)
-        if name in FIRST_NODE or name in FIRST_NODE_EXTRA:
+        if name in FIRST_NODE or name in FIRST_NODE_EXTRA or name.endswith("|help"):
             return FirstNode(name, arity)
         if name == "scan":
             return Scan(name, arity, len(self.labels))
