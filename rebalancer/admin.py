@@ -4,7 +4,8 @@ string, or an error reply. ``ringleader admin`` (rebalancer/admin_cli.py) is its
 
 Subcommands: STATUS, ADD-NODE host:port [WEIGHT w] [NAME n] [DRY-RUN], REMOVE-NODE id
 [DRY-RUN], MOVE token[,token...] target [DRY-RUN], REBALANCE [TARGET x] [CHURN y] [DRY-RUN],
-MIGRATIONS, CANCEL id, HOTKEYS, AUTH password (when an admin password is configured).
+MIGRATIONS, CANCEL id, ARCS [shard], HOTKEYS, AUTH password (when an admin password is
+configured).
 """
 
 from __future__ import annotations
@@ -198,8 +199,20 @@ class Admin:
     async def cmd_cancel(self, args: list[str]) -> dict:
         if len(args) != 1 or not args[0].isdigit():
             raise AdminError("ERR ringleader: CANCEL migration-id")
-        await self.server.manager.cancel(int(args[0]))
-        return {"cancelled": int(args[0])}
+        reverse = await self.server.manager.cancel(int(args[0]))
+        return {"cancelled": int(args[0]), "migrations": reverse}
+
+    async def cmd_arcs(self, args: list[str]) -> dict:
+        """The ring's arcs (of one shard, when named): what MOVE takes."""
+        manager = self.server.manager
+        topology = manager.topology
+        wanted = manager.shard_id(args[0]) if args else None
+        arcs = []
+        for start, end, owner in topology.arcs():
+            shard = topology.shards[owner].id if owner >= 0 else None
+            if wanted is None or shard == wanted:
+                arcs.append({"start": start, "end": end, "shard": shard})
+        return {"epoch": topology.epoch, "arcs": arcs}
 
     async def cmd_hotkeys(self, args: list[str]) -> dict:
         hot = self.server.hot

@@ -76,6 +76,37 @@ class TopologyManager:
         self._edit_lock = trio.Lock()
         #: shard id -> migrations that must finish before the shard is removed
         self._remove_after: dict[str, set[int]] = {}
+        if store is not None:
+            self._recall_history()
+
+    def _recall_history(self) -> None:
+        """Migrations finished before this process started, from the store's journal."""
+        try:
+            events = self.store.journal()
+        except OSError:
+            return
+        for event in events:
+            mid = event.get("migration")
+            if mid is None:
+                continue
+            kind = event.get("kind")
+            progress = self.progress.get(mid)
+            if progress is None:
+                progress = self.progress[mid] = MoveProgress(
+                    mid, event.get("source", "?"), event.get("target", "?"),
+                    event.get("arcs", 0), started=event.get("at", time.time()))
+            if kind in ("done", "failed", "cancelled"):
+                progress.state = kind
+                progress.finished = event.get("at")
+                progress.moved = event.get("moved", progress.moved)
+                progress.message = event.get("message", progress.message)
+            elif kind in ("started", "moving"):
+                progress.state = "waiting-barrier"
+        live = {m.id for m in self.topology.migrations}
+        for mid, progress in self.progress.items():
+            if progress.state not in ("done", "failed", "cancelled") and mid not in live:
+                progress.state = "done"  # it left the topology: finished before we started
+                progress.message = progress.message or "finished (before this process started)"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -365,6 +396,7 @@ class TopologyManager:
             self._progress_for(m)
         self._journal({"migration": migration_id, "kind": "cancelled"})
         self._ensure_movers()
+        return [m.id for m in reverse]
 
     def _shard_id(self, text: str) -> str:
         for shard in self.topology.shards:

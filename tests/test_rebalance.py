@@ -217,3 +217,27 @@ def test_admin_commands_need_the_admin_password_when_set(make_nodes, make_proxy,
         assert c.execute_command("RINGLEADER", "AUTH", "adm1n") in (b"OK", True)
         assert json.loads(c.execute_command("RINGLEADER", "STATUS"))["epoch"] >= 1
     assert redis_ping(HOST, proxy.port)
+
+
+def test_the_admin_cli_adds_a_node_and_waits_for_the_move(make_nodes, make_proxy, tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    nodes = make_nodes(3)
+    proxy = make_proxy("--config", write_config(tmp_path, nodes[:2]))
+    prefill(proxy.address, 2000)
+
+    def admin_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "router", "admin", "--proxy", proxy.address,
+                               *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    status = admin_cli("status")
+    assert status.returncode == 0, status.stderr
+    assert nodes[0].address in status.stdout
+    added = admin_cli("add-node", nodes[2].address, "--wait")
+    assert added.returncode == 0, added.stderr
+    assert direct(nodes[2]).dbsize() > 0
+    listed = json.loads(admin_cli("status", "--json").stdout)
+    assert len(listed["shards"]) == 3
