@@ -71,9 +71,27 @@ class MigratingLink:
                 return err
         return None
 
+    def submit_acked(self, payload: bytes, entry, wait: bytes, waiter) -> bytes | None:
+        """A write under an acknowledgement level, in a moving arc: moved, then written and
+        waited for on the target."""
+        return self.submit(payload, _Acked(self.target, entry, wait, waiter))
+
     @property
     def outstanding(self) -> int:
         return 0
+
+
+class _Acked:
+    """Stands for a write's entry until it reaches the target, where it is acknowledged."""
+
+    __slots__ = ("target", "entry", "wait", "waiter")
+
+    def __init__(self, target, entry, wait: bytes, waiter) -> None:
+        self.target, self.entry, self.wait, self.waiter = target, entry, wait, waiter
+
+    def fill(self, raw: bytes):  # only reached when the move itself failed
+        self.waiter.fill(raw)
+        return self.entry.fill(raw)
 
 
 class _ThenTarget:
@@ -92,7 +110,15 @@ class _ThenTarget:
         if raw in (resp.OK, b"+NOKEY\r\n"):
             if link.stats is not None and raw == resp.OK:
                 link.stats.moved_on_access += len(self.keys)
-            err = link.target.submit(self.payload, self.entry)
+            entry = self.entry
+            if type(entry) is _Acked:
+                err = link.target.submit_acked(self.payload, entry.entry, entry.wait,
+                                               entry.waiter)
+                if err is not None:
+                    entry.waiter.fill(err)
+                    return entry.entry.fill(err)
+                return None
+            err = link.target.submit(self.payload, entry)
             if err is None:
                 return None  # the target's reply fills the client's entry later
             return self.entry.fill(err)

@@ -99,6 +99,7 @@ class NodeConnection:
         self.latency_us = 0.0  # smoothed round trip of a batch, sampled one batch at a time
         self.latency_max_us = 0.0
         self._probe: tuple[int, float] | None = None
+        self._ack_groups: dict[bytes, list] = {}  # WAIT command -> writes of this round
 
     # ------------------------------------------------------------------ data path (poller)
 
@@ -139,8 +140,23 @@ class NodeConnection:
             self.poller.node_dirty(self)
         return None
 
+    def submit_acked(self, payload: bytes, entry: object, wait: bytes, waiter: object) -> bytes | None:
+        """A write whose acknowledgement level needs ``wait`` (``WAIT n t``) after it: the
+        writes of one round share a single WAIT, sent after all of them (group commit), and
+        its reply goes to every ``waiter``."""
+        err = self.submit(payload, entry)
+        if err is None:
+            self._ack_groups.setdefault(wait, []).append(waiter)
+        return err
+
     def flush(self) -> None:
         """Send everything queued in one write, without waiting."""
+        if self._ack_groups and self.state is UP:
+            for wait, waiters in self._ack_groups.items():
+                self.outbuf.append(wait)
+                self.fifo.append(_Broadcast(waiters, self.poller))
+                self.requests_total += 1
+            self._ack_groups = {}
         if self.state is not UP or self._unsent is not None or not self.outbuf:
             return
         outbuf = self.outbuf
@@ -416,6 +432,10 @@ class NodeConnection:
         self._probe = None
         self.dirty = False
         touched = []
+        for waiters in self._ack_groups.values():  # their writes fail below; so do they
+            fifo_waiters = _Broadcast(waiters, self.poller)
+            fifo_waiters.fill(lost)
+        self._ack_groups = {}
         fifo = self.fifo
         self.errors_total += len(fifo)
         while fifo:
@@ -427,6 +447,27 @@ class NodeConnection:
             self.poller.clients_dirty(touched)
         if self.on_lost is not None:
             self.on_lost(reason)
+
+
+class _Broadcast:
+    """One WAIT's reply, shared by every write of the round it follows."""
+
+    __slots__ = ("waiters", "poller")
+
+    def __init__(self, waiters: list, poller: Poller) -> None:
+        self.waiters = waiters
+        self.poller = poller
+
+    def fill(self, raw: bytes) -> None:
+        touched = []
+        for waiter in self.waiters:
+            client = waiter.fill(raw)
+            if client is not None and not client.dirty:
+                client.dirty = True
+                touched.append(client)
+        if touched:
+            self.poller.clients_dirty(touched)
+        return None
 
 
 def _describe(exc: BaseException) -> str:

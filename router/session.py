@@ -178,8 +178,8 @@ class ClientSession:
         parent = FanoutSlot(self, 2 * len(calls), acknowledged(merge, ack, self.server))
         self.pending.append(parent)
         for index, (node, _) in enumerate(calls):
-            err = self.conns[node].submit_many(
-                [payloads[index], wait], [Part(parent, 2 * index), Part(parent, 2 * index + 1)])
+            err = self.conns[node].submit_acked(payloads[index], Part(parent, 2 * index), wait,
+                                                Part(parent, 2 * index + 1))
             if err is not None:
                 Part(parent, 2 * index).fill(err)
                 Part(parent, 2 * index + 1).fill(err)
