@@ -24,6 +24,21 @@ from router.nodes import NodeSpec
 log = logging.getLogger("ringleader.migrating")
 
 
+def migrate_head(target: NodeSpec, *, db: int, timeout_ms: int, username: str | None = None,
+                 password: str | None = None) -> list[bytes]:
+    """``MIGRATE host port "" db timeout [AUTH...] REPLACE KEYS``: the keys follow. One
+    definition for the proxy's move-then-serve, its mover and the library client."""
+    head = [b"MIGRATE", target.host.encode(), b"%d" % target.port, b"", b"%d" % db,
+            b"%d" % timeout_ms]
+    password = target.password or password
+    username = target.username or username
+    if password and username:
+        head += [b"AUTH2", username.encode(), password.encode()]
+    elif password:
+        head += [b"AUTH", password.encode()]
+    return head + [b"REPLACE", b"KEYS"]
+
+
 class MigratingLink:
     """Connection-like: ``submit`` moves the request's keys to the target, then sends it there."""
 
@@ -40,15 +55,8 @@ class MigratingLink:
         self.address = f"{source.address}->{target.address}"
         self.find_keys = find_keys
         self.stats = stats
-        head = [b"MIGRATE", target_node.host.encode(), b"%d" % target_node.port, b"",
-                b"%d" % db, b"%d" % timeout_ms]
-        password = target_node.password or password
-        username = target_node.username or username
-        if password and username:
-            head += [b"AUTH2", username.encode(), password.encode()]
-        elif password:
-            head += [b"AUTH", password.encode()]
-        self._head = head + [b"REPLACE", b"KEYS"]
+        self._head = migrate_head(target_node, db=db, timeout_ms=timeout_ms,
+                                  username=username, password=password)
 
     @property
     def proto(self) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from backends.client import CommandError, NodeClient
+from backends.migrating import migrate_head
 from router.nodes import NodeSpec
 
 log = logging.getLogger("ringleader.mover")
@@ -95,15 +96,8 @@ async def move_arcs(*, progress: MoveProgress, source: NodeSpec, target: NodeSpe
     keys_throttle = Throttle(settings.keys_per_sec)
     bytes_throttle = Throttle(settings.bytes_per_sec)
     started = time.monotonic()
-    password = target.password or password
-    username = target.username or username
-    head: list[object] = ["MIGRATE", target.host, target.port, "", db,
-                          settings.migrate_timeout_ms]
-    if password and username:
-        head += ["AUTH2", username, password]
-    elif password:
-        head += ["AUTH", password]
-    head += ["REPLACE", "KEYS"]
+    head: list[object] = migrate_head(target, db=db, timeout_ms=settings.migrate_timeout_ms,
+                                      username=username, password=password)
     while True:
         try:
             async with await NodeClient.connect(source, username=username, password=password,
@@ -176,8 +170,9 @@ async def _migrate(client: NodeClient, progress: MoveProgress, head: list[object
             shown = key.decode(errors="replace")
             if shown not in progress.too_big:
                 progress.too_big.append(shown)
+                timeout = head[5].decode() if isinstance(head[5], bytes) else head[5]
                 progress.message = (f"{len(progress.too_big)} key(s) could not be moved within "
-                                    f"{head[5]} ms: {', '.join(progress.too_big[:5])}")
+                                    f"{timeout} ms: {', '.join(progress.too_big[:5])}")
                 log.error("migration %d: %s", progress.id, progress.message)
             progress.errors += 1
         elif one == b"OK":

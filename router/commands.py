@@ -743,6 +743,17 @@ class CommandTable:
             return spec
         return spec.subcommands.get(sub)
 
+    def keys_of(self, args: Sequence[bytes]) -> list[bytes]:
+        """The keys a request names ([] for unknown or malformed ones): what the proxy and
+        the library move before a request for a moving arc runs."""
+        spec = self.lookup(args)
+        if spec is None:
+            return []
+        try:
+            return [args[p] for p in spec.key_positions(args)]
+        except CommandError:
+            return []
+
     def all_specs(self) -> Iterator[CommandSpec]:
         """Every command and every subcommand."""
         for spec in self._commands.values():

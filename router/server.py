@@ -123,7 +123,7 @@ class ProxyServer:
                     nursery.start_soon(self.hot.run, name="hot keys")
                 self._watch_sentinels(nursery)
                 self.backend = Backend(self.effective_nodes(), node_settings(self.config),
-                                       nursery, self.poller, find_keys=self.find_keys,
+                                       nursery, self.poller, find_keys=self.table.keys_of,
                                        migrate_timeout_ms=self.config.migration.migrate_timeout_ms)
                 self.backend.set_topology(self.effective_nodes(),
                                           migration_indices(self.topology))
@@ -216,16 +216,6 @@ class ProxyServer:
         if node < 0:
             node = self.topology.shard_index(self.topology.migration_of(node).target)
         return node
-
-    def find_keys(self, args: list[bytes]) -> list[bytes]:
-        """The keys a request names (move-then-serve moves them before it runs)."""
-        spec = self.table.lookup(args)
-        if spec is None:
-            return []
-        try:
-            return [args[p] for p in spec.key_positions(args)]
-        except Exception:
-            return []
 
     def spawn(self, fn) -> None:
         """Run ``fn()`` (async) in the server's nursery: admin work, replies that come later."""
