@@ -1,8 +1,9 @@
 """Which mitigation a hot key gets, per key pattern (sans-I/O).
 
 - ``cache`` (the default): reads served from the proxy's near cache for a short TTL;
-- ``split``: an INCR-family counter spread over sub-keys on several nodes (opt-in: a read of
-  the sum is not atomic);
+- ``split``: a string counter (INCR family) spread over sub-keys on several nodes (opt-in:
+  a read of the sum is not atomic; an INCR replies the total as this proxy last saw each
+  part);
 - ``none``: detected and reported only.
 """
 
@@ -62,6 +63,9 @@ class HotKeyRules:
                         Mitigation(r.get("mitigation", settings.mitigation),
                                    int(r.get("split", settings.split))))
                        for r in settings.rules]
+
+    def all(self) -> list[Mitigation]:
+        return [self.default, *(m for _, m in self._rules)]
 
     def for_key(self, key: bytes) -> Mitigation:
         for regex, mitigation in self._rules:

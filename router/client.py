@@ -17,18 +17,25 @@ Everything here except the ``_Connection``/``_NodePool`` classes and ``ShardedCl
   write and one read per node) and puts replies back together in call order;
 - ``ClientCore.result`` parses the final raw reply with hiredis and applies redis-py's
   response callbacks, as redis-py's own RESP2 parser does.
+
+What a command is routed by is one ``Routing``: a placement, its nodes, the route table built
+on them and, for a client following a topology store (``from_state_dir``, see
+``router.follow``), the migrations in progress. Placement codes and node indices only mean
+something within one routing, so a request keeps the routing it was prepared with, and a
+client following the store swaps the whole value when the epoch changes.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import select
 import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import hiredis
 from redis._parsers.base import BaseParser
@@ -47,6 +54,9 @@ from .nodes import NodeSpec
 from .route_table import RouteTable
 from .routes import Merge
 
+if TYPE_CHECKING:
+    from rebalancer.topology import Migration, Topology
+
 try:  # redis-py 8
     from redis._parsers.response_callbacks import get_response_callbacks
 except ImportError:  # pragma: no cover - redis-py 5 to 7 keep the tables in helpers
@@ -59,9 +69,11 @@ __all__ = [
     "Batch",
     "Call",
     "ClientCore",
+    "Move",
     "NodeConnectionError",
     "NodeTimeoutError",
     "Pipeline",
+    "Routing",
     "RoutingError",
     "ShardedClient",
 ]
@@ -124,13 +136,17 @@ class ClientState:
         self.lib_ver: bytes | None = None
 
 
+_NO_STATE = ClientState()  # for the MIGRATE calls move-then-serve makes
+_STATS_LOCK = threading.Lock()
+
+
 class Call:
     """One command after routing: the sink the route table talks to, then a record of what
     it decided. Exactly one of ``node >= 0`` (forward ``payload``), ``parts`` (fan out, then
     ``merge``) or ``raw`` (answered without a node) holds afterwards."""
 
     __slots__ = ("command", "args", "node", "payload", "parts", "merge", "raw", "state",
-                 "codec_reply", "blocking")
+                 "codec_reply", "blocking", "routing")
 
     proto = 2
     authenticated = True
@@ -146,9 +162,14 @@ class Call:
         self.state = state
         self.codec_reply = False
         self.blocking = False  # waits on the node (BLPOP...): no read timeout applies
+        self.routing: Routing | None = None  # what it was routed by (set by prepare)
 
     # the sink API routes use
     def forward(self, node: int, args: list[bytes]) -> None:
+        if node < 0:  # a key in a moving arc: its MIGRATE goes first, so it takes the batch
+            self.parts = [(node, args)]  # path, as one part whose reply is the reply
+            self.merge = _only_part
+            return
         self.node = node
         self.payload = resp.pack_command(tuple(args))
 
@@ -161,7 +182,12 @@ class Call:
 
     def forward_dedicated(self, node: int, args: list[bytes]) -> None:
         """Blocking commands: every library request has a pooled connection to itself
-        already, so this is a forward whose reply may take as long as the command says."""
+        already, so this is a forward whose reply may take as long as the command says.
+        A key in a moving arc is refused as the proxy refuses it: a client blocked on the
+        source would never see the pushes that now go to the target."""
+        if node < 0:
+            self.raw = MOVING
+            return
         self.forward(node, args)
         self.blocking = True
 
@@ -207,6 +233,17 @@ class Call:
         raise _Unsupported(attribute)
 
 
+def _only_part(parts: list[bytes], proto: int) -> bytes:
+    return parts[0]
+
+
+#: The proxy's reply (router/session.py) to a blocking command on a key whose arc is moving.
+MOVING = resp.error("TRYAGAIN ringleader: this key's arc is moving between nodes; commands "
+                    "that hold a node connection (WATCH, MULTI, blocking ones) cannot use it "
+                    "until the move ends; retry shortly")
+_MOVED_REPLIES = (resp.OK, b"+NOKEY\r\n")
+
+
 def _shown(args: Sequence[bytes]) -> str:
     """A command's name as an error message shows it: ``CLIENT LIST``, ``BLPOP``."""
     words = [a.decode(errors="replace") for a in args[:2]]
@@ -226,13 +263,20 @@ class Batch:
     ``payloads`` gives each node's requests as one write; ``fill``/``fail`` record each
     node's replies (or the error that stopped it); ``results`` puts every call's raw reply
     together (merging fan-outs) or the node error that prevents it.
+
+    Requests for keys in moving arcs are grouped under their migration's negative code.
+    Before ``payloads``, a client runs ``moves()`` (one MIGRATE per migration, to its
+    source) and hands its replies to ``settle``: the requests of each migration whose keys
+    moved join their target's group; the others are answered with ``-TRYAGAIN``, unsent.
     """
 
-    __slots__ = ("calls", "where", "requests", "replies", "blocking")
+    __slots__ = ("calls", "where", "requests", "replies", "blocking", "moving", "aliases",
+                 "_planned")
 
     def __init__(self, calls: Sequence[Call]) -> None:
         self.calls = calls
         requests: dict[int, list[bytes]] = {}
+        moving: dict[int, list[list[bytes]]] = {}
         where: list[Any] = []
         for call in calls:
             node = call.node
@@ -248,6 +292,8 @@ class Batch:
                     queue = requests.get(part_node)
                     if queue is None:
                         requests[part_node] = queue = []
+                    if part_node < 0:
+                        moving.setdefault(part_node, []).append(args)
                     spots.append((part_node, len(queue)))
                     queue.append(resp.pack_command(tuple(args)))
                 where.append(spots)
@@ -257,6 +303,11 @@ class Batch:
         self.requests = requests
         self.blocking = any(call.blocking for call in calls)
         self.replies: dict[int, list[bytes] | Exception] = {}
+        #: migration code -> the args of its requests, in queue order
+        self.moving = moving
+        #: migration code -> (target node, first index in its queue, how many)
+        self.aliases: dict[int, tuple[int, int, int]] = {}
+        self._planned: list[tuple[int, list[bytes]]] = []
 
     def payloads(self) -> Iterator[tuple[int, bytes, int]]:
         """(node, all its requests as one write, how many replies to read)."""
@@ -269,8 +320,72 @@ class Batch:
     def fail(self, node: int, error: Exception) -> None:
         self.replies[node] = error
 
+    # ------------------------------------------------------------------ move-then-serve
+
+    def moves(self, routing: Routing, find_keys: Callable[[list[bytes]], list[bytes]]
+              ) -> Batch | None:
+        """The MIGRATEs to run before this batch: one per migration it touches, with every
+        key its requests name (deduplicated), to the migration's source. None when there is
+        nothing to move. Requests that name no key go straight to the target."""
+        if not self.moving:
+            return None
+        planned = self._planned = []
+        calls = []
+        for code, requests in self.moving.items():
+            move = routing.moves[-code - 1]
+            keys = list(dict.fromkeys(key for args in requests for key in find_keys(args)))
+            if not keys:
+                self._relocate(code, move.target)
+                continue
+            call = Call("MIGRATE", [], _NO_STATE)
+            call.node = move.source
+            call.payload = resp.pack_command((*move.head, *keys))
+            calls.append(call)
+            planned.append((code, keys))
+        return Batch(calls) if calls else None
+
+    def settle(self, routing: Routing, raws: Sequence[bytes | Exception]) -> int:
+        """The MIGRATEs' replies: OK or NOKEY sends a migration's requests to its target;
+        anything else answers them with ``-TRYAGAIN`` and they never run. Returns the keys
+        of the MIGRATEs that moved something (counted as the proxy counts them)."""
+        moved = 0
+        for (code, keys), raw in zip(self._planned, raws, strict=True):
+            move = routing.moves[-code - 1]
+            if not isinstance(raw, Exception) and raw in _MOVED_REPLIES:
+                self._relocate(code, move.target)
+                if raw == resp.OK:
+                    moved += len(keys)
+                continue
+            if isinstance(raw, Exception):
+                why = str(raw)
+            else:
+                why = raw[1:-2].decode(errors="replace") if raw[:1] == b"-" else repr(raw[:80])
+            shown = ", ".join(k.decode(errors="replace")[:40] for k in keys[:3])
+            if len(keys) > 3:
+                shown += f" (and {len(keys) - 3} more)"
+            error = resp.error(
+                f"TRYAGAIN ringleader: could not move '{shown}' from {move.source_address} to "
+                f"its new node {move.target_address} ({why[:200]}); the command did not run")
+            queue = self.requests.pop(code)
+            self.replies[code] = [error] * len(queue)
+        self._planned = []
+        return moved
+
+    def _relocate(self, code: int, target: int) -> None:
+        queue = self.requests.pop(code)
+        mine = self.requests.get(target)
+        if mine is None:
+            self.requests[target] = mine = []
+        self.aliases[code] = (target, len(mine), len(queue))
+        mine.extend(queue)
+
+    # ------------------------------------------------------------------ replies
+
     def results(self) -> list[bytes | Exception]:
         replies = self.replies
+        for code, (target, start, count) in self.aliases.items():
+            got = replies[target]
+            replies[code] = got if isinstance(got, Exception) else got[start:start + count]
         out: list[bytes | Exception] = []
         for call, spot in zip(self.calls, self.where, strict=True):
             if spot is None:
@@ -364,24 +479,133 @@ def config_from_nodes(nodes: Sequence[str] | str) -> ProxyConfig:
     return from_node_list(text)
 
 
+class Move:
+    """How requests reach the keys of one migration in progress: ``MIGRATE`` on the source
+    (``head`` + the keys), then the request on the target."""
+
+    __slots__ = ("id", "source", "target", "head", "source_address", "target_address")
+
+    def __init__(self, id: int, source: int, target: int, head: tuple[bytes, ...],
+                 source_address: str, target_address: str) -> None:
+        self.id = id
+        self.source = source
+        self.target = target
+        self.head = head
+        self.source_address = source_address
+        self.target_address = target_address
+
+
+class Routing:
+    """One epoch's routing. Placement codes, node indices, the route table (whose routes
+    captured the placement) and the clients' pools (``pools[i]`` serves ``nodes[i]``) only
+    agree with each other, so they are replaced together, never piecemeal.
+
+    ``moves[k]`` serves placement code ``-(k + 1)``. ``gate`` counts the requests in flight
+    on this routing when the client follows a store (None otherwise).
+    """
+
+    __slots__ = ("epoch", "nodes", "addresses", "placement", "routes", "moves", "pools", "gate")
+
+    def __init__(self, epoch: int, nodes: Sequence[NodeSpec], placement: Any,
+                 routes: RouteTable, moves: Sequence[Move] = ()) -> None:
+        self.epoch = epoch
+        self.nodes: tuple[NodeSpec, ...] = tuple(nodes)
+        self.addresses = [n.address for n in nodes]
+        self.placement = placement
+        self.routes = routes
+        self.moves: tuple[Move, ...] = tuple(moves)
+        self.pools: list[Any] = []
+        self.gate: Any = None
+
+    def address_of(self, code: int) -> str:
+        """A placement code's node; for a key in a moving arc, the target, where it is
+        served (after its MIGRATE) from now on."""
+        if code < 0:
+            return self.addresses[self.moves[-code - 1].target]
+        return self.addresses[code]
+
+
 class ClientCore:
-    """Everything a library client does except I/O: encoding, routing, decoding."""
+    """Everything a library client does except I/O: encoding, routing, decoding.
+
+    ``routing`` is read once per request and is replaced whole (``routing_for``) by a client
+    that follows a topology store; everything else is fixed at construction.
+    """
 
     def __init__(self, config: ProxyConfig, *, decode_responses: bool = False,
                  encoding: str = "utf-8", encoding_errors: str = "strict",
                  value_codec: str | ValueCodec | None = None,
-                 table: CommandTable | None = None) -> None:
+                 table: CommandTable | None = None, topology: Topology | None = None,
+                 username: str | None = None, password: str | None = None,
+                 migrate_timeout_ms: int | None = None) -> None:
         self.config = config
-        self.nodes: tuple[NodeSpec, ...] = config.nodes
-        self.addresses = [n.address for n in config.nodes]
-        self.placement = config.placement()
-        self.routes = RouteTable(table or default_command_table(), self.placement, self.addresses,
-                                 config.route_options())
+        self.table = table or default_command_table()
+        self.route_options = config.route_options()
+        self.username = username
+        self.password = password
+        self.migrate_timeout_ms = (migrate_timeout_ms if migrate_timeout_ms is not None
+                                   else config.migration.migrate_timeout_ms)
         self.encoder = Encoder(encoding, encoding_errors, decode_responses)
         self.callbacks = CaseInsensitiveDict(get_response_callbacks(2, True))
         self.codec = resolve_codec(value_codec)
         self.state = ClientState()
         self._local = threading.local()  # one hiredis reader per thread
+        self.routing = self.routing_for(topology)
+
+    # ------------------------------------------------------------------ routing
+
+    def routing_for(self, topology: Topology | None = None) -> Routing:
+        """The routing of a topology (its placement, with migration codes, and its shards),
+        or of the configuration when there is none. The same ``RouteTable`` the proxy
+        builds, on the same placement and node list."""
+        if topology is None:
+            nodes: Sequence[NodeSpec] = self.config.nodes
+            placement = self.config.placement()
+            epoch = 0
+            moves: list[Move] = []
+        else:
+            nodes = topology.nodes()
+            placement = topology.placement()
+            epoch = topology.epoch
+            moves = [self._move(topology, nodes, m) for m in topology.migrations]
+        routes = RouteTable(self.table, placement, [n.address for n in nodes],
+                            self.route_options)
+        return Routing(epoch, nodes, placement, routes, moves)
+
+    def _move(self, topology: Topology, nodes: Sequence[NodeSpec], migration: Migration) -> Move:
+        """``MIGRATE host port "" db timeout [AUTH...] REPLACE KEYS``, as the proxy sends it
+        (backends/migrating.py): the target's own credentials, else the client's."""
+        from backends.migrating import migrate_head
+
+        source = topology.shard_index(migration.source)
+        target = topology.shard_index(migration.target)
+        node = nodes[target]
+        head = migrate_head(node, db=self.config.node_db, timeout_ms=self.migrate_timeout_ms,
+                            username=self.username or self.config.node_username,
+                            password=self.password or self.config.node_password)
+        return Move(migration.id, source, target, tuple(head), nodes[source].address,
+                    node.address)
+
+    def find_keys(self, args: list[bytes]) -> list[bytes]:
+        """The keys a request names: what move-then-serve MIGRATEs before it runs."""
+        return self.table.keys_of(args)
+
+    # the routing's parts, for code written before routings were swappable
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        return self.routing.nodes
+
+    @property
+    def addresses(self) -> list[str]:
+        return self.routing.addresses
+
+    @property
+    def placement(self) -> Any:
+        return self.routing.placement
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.routing.routes
 
     # ------------------------------------------------------------------ requests
 
@@ -427,7 +651,7 @@ class ClientCore:
                           for a in args[3:])
         return out, decodes
 
-    def prepare(self, args: Sequence[Any]) -> Call:
+    def prepare(self, args: Sequence[Any], routing: Routing | None = None) -> Call:
         """Encode and route one command; raises RoutingError for what library mode lacks."""
         codec_reply = False
         if self.codec is not None:
@@ -435,25 +659,41 @@ class ClientCore:
         words = self.encode_args(args)
         call = Call(args[0], words, self.state)
         call.codec_reply = codec_reply
-        try:
-            self.routes.dispatch(words, call)
-        except _Unsupported as exc:
-            raise RoutingError(f"'{_shown(words)}' is not supported in library mode: "
-                               f"{_why_unsupported(exc.args[0])}; run it through the proxy "
-                               "or against one node") from None
+        self._dispatch(call, routing or self.routing)
         return call
 
-    def node_for(self, key: Any) -> str:
-        """The ``host:port`` that holds ``key``, exactly as the proxy would place it."""
-        data = key if type(key) is bytes else bytes(self.encoder.encode(key))
-        return self.addresses[self.placement.node_index(data)]
+    def _dispatch(self, call: Call, routing: Routing) -> None:
+        call.routing = routing
+        try:
+            routing.routes.dispatch(call.args, call)
+        except _Unsupported as exc:
+            raise RoutingError(f"'{_shown(call.args)}' is not supported in library mode: "
+                               f"{_why_unsupported(exc.args[0])}; run it through the proxy "
+                               "or against one node") from None
 
-    def login_requests(self, node: NodeSpec, username: str | None,
-                       password: str | None) -> list[bytes]:
+    def reroute(self, call: Call, routing: Routing) -> Call:
+        """``call`` routed again by ``routing``: a pipeline queued before an epoch change
+        must not mix node indices of two epochs."""
+        if call.routing is routing:
+            return call
+        again = Call(call.command, call.args, call.state)
+        again.codec_reply = call.codec_reply
+        self._dispatch(again, routing)
+        return again
+
+    def node_for(self, key: Any) -> str:
+        """The ``host:port`` that holds ``key``, exactly as the proxy would place it (for a
+        key in a moving arc: the target, where it is served from now on)."""
+        data = key if type(key) is bytes else bytes(self.encoder.encode(key))
+        routing = self.routing
+        return routing.address_of(routing.placement.node_index(data))
+
+    def login_requests(self, node: NodeSpec, username: str | None = None,
+                       password: str | None = None) -> list[bytes]:
         """What a new connection to ``node`` sends first (AUTH, SELECT), packed."""
         out = []
-        user = node.username or username or self.config.node_username
-        secret = node.password or password or self.config.node_password
+        user = node.username or username or self.username or self.config.node_username
+        secret = node.password or password or self.password or self.config.node_password
         if secret:
             out.append(resp.pack_command(("AUTH", user, secret) if user else ("AUTH", secret)))
         if self.config.node_db:
@@ -552,6 +792,9 @@ class LibraryClientBase:
     """Construction and the non-I/O API both library clients share."""
 
     _core: ClientCore
+    #: the store participation of a client built by ``from_state_dir``; None otherwise
+    _follow: Any = None
+    _moved_on_access = 0
 
     def __init__(self, nodes: Sequence[str] | str | None = None, *,
                  config: ProxyConfig | None = None, decode_responses: bool = False,
@@ -559,13 +802,17 @@ class LibraryClientBase:
                  socket_timeout: float | None = None,
                  socket_connect_timeout: float | None = None,
                  value_codec: str | ValueCodec | None = None,
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None,
+                 topology: Topology | None = None,
+                 migrate_timeout_ms: int | None = None) -> None:
         if (nodes is None) == (config is None):
             raise ValueError("give the nodes (['host:port', ...]) or a config, not both")
         if config is None:
             config = config_from_nodes(nodes)  # type: ignore[arg-type]
         self._core = ClientCore(config, decode_responses=decode_responses, encoding=encoding,
-                                encoding_errors=encoding_errors, value_codec=value_codec)
+                                encoding_errors=encoding_errors, value_codec=value_codec,
+                                topology=topology, username=username, password=password,
+                                migrate_timeout_ms=migrate_timeout_ms)
         self.socket_timeout = (socket_timeout if socket_timeout is not None
                                else config.timeouts.request_ms / 1000)
         self.socket_connect_timeout = (socket_connect_timeout if socket_connect_timeout is not None
@@ -593,8 +840,24 @@ class LibraryClientBase:
 
     @property
     def nodes(self) -> list[str]:
-        """The nodes' ``host:port``, in configuration order."""
-        return list(self._core.addresses)
+        """The nodes' ``host:port``, in configuration (or topology shard) order."""
+        return list(self._core.routing.addresses)
+
+    @property
+    def epoch(self) -> int:
+        """The topology epoch requests are routed by (0 when not following a store)."""
+        return self._core.routing.epoch
+
+    @property
+    def moved_on_access(self) -> int:
+        """Keys this client's own MIGRATEs moved (move-then-serve), as the proxy reports
+        ``moved_on_access`` per migration: how much of a move its traffic did."""
+        return self._moved_on_access
+
+    @property
+    def participant_id(self) -> str | None:
+        """This client's id in the topology store's participants (``from_state_dir``)."""
+        return self._follow.id if self._follow is not None else None
 
     def node_for(self, key: Any) -> str:
         """The ``host:port`` of the node that holds ``key`` (the proxy would pick the same)."""
@@ -627,7 +890,7 @@ class LibraryClientBase:
                            "they need one node connection per client")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._core.addresses!r})"
+        return f"{type(self).__name__}({self._core.routing.addresses!r})"
 
 
 class PipelineBase:
@@ -664,8 +927,12 @@ class PipelineBase:
     def __exit__(self, *exc: object) -> None:
         self.reset()
 
-    def _take(self) -> tuple[list[tuple[Call, dict[str, Any]]], Batch]:
+    def _take(self, routing: Routing) -> tuple[list[tuple[Call, dict[str, Any]]], Batch]:
+        """The queued calls as one batch, every call routed by ``routing`` (calls queued
+        before an epoch change are routed again)."""
         stack, self.command_stack = self.command_stack, []
+        reroute = self._core.reroute
+        stack = [(reroute(call, routing), options) for call, options in stack]
         return stack, Batch([call for call, _ in stack])
 
 
@@ -764,7 +1031,8 @@ class _NodePool:
         self.node = node
         self.client = client
         self.idle: deque[_Connection] = deque()
-        self.login = client._core.login_requests(node, client._username, client._password)
+        self.login = client._core.login_requests(node)
+        self.retired = False  # the node left the topology: returned connections are closed
 
     def get(self) -> _Connection:
         idle = self.idle
@@ -781,7 +1049,10 @@ class _NodePool:
                            self.login)
 
     def put(self, conn: _Connection) -> None:
-        self.idle.append(conn)
+        if self.retired:
+            conn.close()
+        else:
+            self.idle.append(conn)
 
     def request(self, payload: bytes, blocking: bool = False) -> bytes:
         conn = self.get()
@@ -795,7 +1066,7 @@ class _NodePool:
         except BaseException:
             conn.close()
             raise
-        self.idle.append(conn)
+        self.put(conn)
         return reply
 
     def close(self) -> None:
@@ -805,36 +1076,115 @@ class _NodePool:
             except IndexError:
                 break
 
+    def retire(self) -> None:
+        self.retired = True
+        self.close()
+
 
 class ShardedClient(LibraryClientBase, CoreCommands):
     """A blocking redis-py-compatible client that shards keys over the nodes itself.
 
     Thread-safe: each request borrows a connection of its node's pool. Construct it with
-    the nodes (``["127.0.0.1:7001", ...]``), ``from_config`` (the proxy's TOML) or
-    ``from_twemproxy`` (a nutcracker YAML); every redis-py command method is available, and
-    commands ringleader cannot serve raise ``RoutingError`` or the proxy's error reply.
+    the nodes (``["127.0.0.1:7001", ...]``), ``from_config`` (the proxy's TOML),
+    ``from_twemproxy`` (a nutcracker YAML) or ``from_state_dir`` (the live topology of
+    online rebalancing); every redis-py command method is available, and commands ringleader
+    cannot serve raise ``RoutingError`` or the proxy's error reply.
     """
 
     def __init__(self, nodes: Sequence[str] | str | None = None, **kwargs: Any) -> None:
         super().__init__(nodes, **kwargs)
-        self._pools = [_NodePool(node, self) for node in self._core.nodes]
+        self._pools: dict[NodeSpec, _NodePool] = {}
+        self._attach(self._core.routing)
+
+    @classmethod
+    def from_state_dir(cls, path: str | os.PathLike[str] | None = None, *,
+                       config: ProxyConfig | str | os.PathLike[str] | None = None,
+                       db: int | None = None, participant_id: str | None = None,
+                       poll_interval: float = 0.2, heartbeat_interval: float = 1.0,
+                       participant_timeout: float = 10.0, **kwargs: Any) -> ShardedClient:
+        """A client that follows the topology in a proxy's state directory, safe while the
+        admin CLI moves arcs between nodes (docs/library.md, "Following a live topology").
+
+        It registers in the store as a participant and a daemon thread follows the epoch;
+        ``close()`` (or the ``with`` block) stops it and unregisters. ``config`` (a
+        ``ProxyConfig`` or the proxy's TOML) supplies node credentials, ``node_db``,
+        timeouts and route options; ``db`` overrides the database; nodes and placement
+        always come from the store. ``participant_timeout`` must be the proxies' (10 s).
+        """
+        from .follow import Follower, FollowSettings, open_state_dir
+
+        settings = FollowSettings(poll_interval, heartbeat_interval, participant_timeout,
+                                  participant_id)
+        store, topology, base = open_state_dir(path, config, db, participant_timeout)
+        client = cls(config=base, topology=topology, **kwargs)
+        Follower(client, store, topology, settings).start(client)
+        return client
+
+    # ------------------------------------------------------------------ pools per routing
+
+    def _attach(self, routing: Routing) -> None:
+        """Give a routing its pools, reusing the open ones of nodes it keeps."""
+        pools = self._pools
+        attached = []
+        for node in routing.nodes:
+            pool = pools.get(node)
+            if pool is None:
+                pool = pools[node] = _NodePool(node, self)
+            attached.append(pool)
+        routing.pools = attached
+
+    def _retire_pools(self, routing: Routing) -> None:
+        """Close the pools of nodes ``routing`` no longer uses (once nothing routed by an
+        older routing is in flight)."""
+        keep = set(routing.nodes)
+        for node in [n for n in self._pools if n not in keep]:
+            self._pools.pop(node).retire()
+
+    # ------------------------------------------------------------------ commands
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Route, send and decode one command, as ``redis.Redis.execute_command`` does."""
         core = self._core
-        call = core.prepare(args)
-        if call.node >= 0:
-            raw: bytes | Exception = self._pools[call.node].request(call.payload, call.blocking)
-        elif call.raw is not None:
-            raw = call.raw
-        else:
-            raw = self._run(Batch([call]))[0]
+        follow = self._follow
+        if follow is None:
+            call = core.prepare(args)
+            raw = self._send(call, call.routing)  # type: ignore[arg-type]
+            return core.result(call, raw, options)
+        routing = follow.enter(self)
+        gate = routing.gate
+        try:
+            call = core.prepare(args, routing)
+            if call.blocking:  # may wait for minutes: must not hold back acknowledgements
+                gate.leave()
+                gate = None
+            raw = self._send(call, routing)
+        finally:
+            if gate is not None:
+                gate.leave()
         return core.result(call, raw, options)
 
-    def _run(self, batch: Batch) -> list[bytes | Exception]:
+    def _send(self, call: Call, routing: Routing) -> bytes | Exception:
+        if call.node >= 0:
+            return routing.pools[call.node].request(call.payload, call.blocking)
+        if call.raw is not None:
+            return call.raw
+        return self._run(Batch([call]), routing)[0]
+
+    def _run(self, batch: Batch, routing: Routing) -> list[bytes | Exception]:
+        """Move-then-serve first (the MIGRATEs of the batch's moving keys, per source), then
+        every node its requests."""
+        moves = batch.moves(routing, self._core.find_keys)
+        if moves is not None:
+            moved = batch.settle(routing, self._exchange(moves, routing))
+            if moved:
+                with _STATS_LOCK:
+                    self._moved_on_access += moved
+        return self._exchange(batch, routing)
+
+    def _exchange(self, batch: Batch, routing: Routing) -> list[bytes | Exception]:
         """Send every node its requests in one write, then read each node's replies; a node
         that fails fails only its own calls."""
-        pools = self._pools
+        pools = routing.pools
         sent: list[tuple[int, _Connection, int]] = []
         try:
             for node, payload, count in batch.payloads():
@@ -880,8 +1230,12 @@ class ShardedClient(LibraryClientBase, CoreCommands):
         return Pipeline(self)
 
     def close(self) -> None:
-        """Close the idle connections (the client reconnects if used again)."""
-        for pool in self._pools:
+        """Close the idle connections (the client reconnects if used again). A client from
+        ``from_state_dir`` also stops following and unregisters: it cannot be used again."""
+        follow = self._follow
+        if follow is not None:
+            follow.stop()
+        for pool in list(self._pools.values()):
             pool.close()
 
     def __enter__(self) -> ShardedClient:
@@ -904,10 +1258,18 @@ class Pipeline(PipelineBase, CoreCommands):
     _client: ShardedClient
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        """Run the queued commands: one round trip per node involved. With
-        ``raise_on_error=False`` errors (including a failed node's) are returned in place."""
-        stack, batch = self._take()
-        if not stack:
-            return []
-        raws = self._client._run(batch)
+        """Run the queued commands: one round trip per node involved (after the MIGRATEs of
+        keys in moving arcs). With ``raise_on_error=False`` errors (including a failed
+        node's) are returned in place."""
+        client = self._client
+        follow = client._follow
+        routing = client._core.routing if follow is None else follow.enter(client)
+        try:
+            stack, batch = self._take(routing)
+            if not stack:
+                return []
+            raws = client._run(batch, routing)
+        finally:
+            if follow is not None:
+                routing.gate.leave()
         return self._core.results(stack, raws, raise_on_error)

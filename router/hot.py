@@ -21,6 +21,19 @@ from backends.node import UP
 from hotkeys.cache import NearCache
 from hotkeys.detector import HotKeyDetector
 from hotkeys.rules import HotKeyRules, HotKeySettings
+from hotkeys.splitting import (
+    INCREMENTS,
+    SUB_PREFIX,
+    SUMMED_READS,
+    SplitCounter,
+    any_part,
+    encode_number,
+    first_part,
+    node_tags,
+    original_of,
+    sub_key,
+    sum_parts,
+)
 
 from . import resp
 
@@ -48,6 +61,11 @@ class HotKeyService:
         self._tracking: dict[int, object] = {}  # node -> tracking connection
         self._waiting: dict[int, deque[bytes]] = {}  # node -> keys awaiting TRACKING's reply
         self._prefixes: dict[int, int] = {}
+        #: split counters, and counters being folded back into their key
+        self.split: dict[bytes, SplitCounter] = {}
+        self.merging: dict[bytes, SplitCounter] = {}
+        self._tags: tuple[object, dict[int, bytes]] | None = None
+        self.split_increments = 0
 
     def cacheable(self, key: bytes) -> bool:
         return self.watched.get(key) == "ok"
@@ -69,6 +87,8 @@ class HotKeyService:
 
     async def run(self) -> None:
         window = self.settings.window_ms / 1000
+        if any(r.kind == "split" for r in self.rules.all()):
+            self.server.spawn(self.fold_leftovers)
         while True:
             await trio.sleep(window)
             for event in self.detector.tick(time.monotonic()):
@@ -84,10 +104,130 @@ class HotKeyService:
         if mitigation.kind == "cache" and key not in self.watched:
             self.watched[key] = "pending"
             self._track(key)
+        elif mitigation.kind == "split" and key not in self.split and key not in self.merging:
+            self.server.spawn(lambda: self._start_split(key, mitigation.split))
 
     def _cooled(self, key: bytes) -> None:
         if self.watched.pop(key, None) is not None:
             self.cache.invalidate(key)
+        counter = self.split.pop(key, None)
+        if counter is not None:
+            self.merging[key] = counter
+            self.server.spawn(lambda: self._merge_back(counter))
+
+    # ------------------------------------------------------------------ counter splitting
+
+    def _node_tags(self) -> dict[int, bytes]:
+        placement = self.server.placement
+        if self._tags is None or self._tags[0] is not placement:
+            self._tags = (placement, node_tags(placement.node_index,
+                                               len(self.server.topology.shards)))
+        return self._tags[1]
+
+    async def _start_split(self, key: bytes, parts: int) -> None:
+        placement = self.server.placement
+        owner = placement.node_index(key)
+        if owner < 0:
+            return
+        tags = self._node_tags()
+        others = [node for node in sorted(tags) if node != owner][:max(parts - 1, 0)]
+        if not others:
+            return
+        counter = SplitCounter(key, [(owner, key)] + [(n, sub_key(tags[n], key)) for n in others])
+        try:
+            async with await self._client(owner) as client:
+                value = await client.call("GET", key)
+            if value is not None:
+                counter.record(0, resp.bulk(value))
+        except Exception as exc:  # WRONGTYPE, node down: not a string counter, leave it
+            log.info("not splitting %r: %s", key[:64], exc)
+            return
+        self.split[key] = counter
+        log.info("split counter %r over %d nodes", key[:64], len(counter.parts))
+
+    async def _merge_back(self, counter: SplitCounter) -> None:
+        """Fold the sub-keys into the key once no increment to them is in flight."""
+        while counter.outstanding:
+            await trio.sleep(0.01)
+        try:
+            for node, name in counter.parts[1:]:
+                await self._fold(node, name, counter.key)
+        finally:
+            self.merging.pop(counter.key, None)
+
+    async def _fold(self, node: int, sub: bytes, original: bytes) -> None:
+        async with await self._client(node) as client:
+            value = await client.call("GETDEL", sub)
+        if value is None:
+            return
+        owner = self.server.placement.node_index(original)
+        command = "INCRBYFLOAT" if any(c in value for c in b".eE") else "INCRBY"
+        async with await self._client(owner) as client:
+            await client.call(command, original, value)
+
+    async def fold_leftovers(self) -> None:
+        """Sub-keys a stopped proxy left behind are folded into their keys (safe while
+        another proxy still splits them: GETDEL is atomic, later increments recreate them)."""
+        for node in range(len(self.server.topology.shards)):
+            try:
+                async with await self._client(node) as client:
+                    cursor = b"0"
+                    while True:
+                        cursor, keys = await client.call("SCAN", cursor, "MATCH",
+                                                         SUB_PREFIX + b"*", "COUNT", 1000)
+                        for sub in keys:
+                            original = original_of(sub)
+                            if original is not None and original not in self.split:
+                                await self._fold(node, sub, original)
+                        if cursor in (b"0", 0):
+                            break
+            except Exception as exc:
+                log.warning("folding leftover counter parts on node %d: %s", node, exc)
+
+    async def _client(self, node: int):
+        from backends.client import NodeClient
+
+        config = self.server.config
+        return await NodeClient.connect(self.server.effective_nodes()[node],
+                                        username=config.node_username,
+                                        password=config.node_password, db=config.node_db)
+
+    def serve_split(self, key: bytes, name: str, args: list[bytes], sink) -> bool:
+        """A request for a split (or merging) counter; False to let the plain route serve."""
+        counter = self.split.get(key)
+        merging = counter is None
+        if merging:
+            counter = self.merging.get(key)
+            if counter is None or name in INCREMENTS:
+                return False  # while merging, increments go to the key itself
+        if name in INCREMENTS:
+            index = counter.pick()
+            node, part = counter.parts[index]
+            counter.outstanding += 1
+            self.split_increments += 1
+
+            def reply(parts: list[bytes], proto: int) -> bytes:
+                counter.outstanding -= 1
+                if parts[0][:1] in (b"-", b"!"):
+                    return parts[0]
+                counter.record(index, parts[0])
+                return encode_number(counter.total(), parts[0], proto)
+
+            sink.fanout([(node, [args[0], part, *args[2:]])], reply)
+            return True
+        calls = [(node, [args[0], part, *args[2:]]) for node, part in counter.parts]
+        if name in SUMMED_READS:
+            def merge(parts: list[bytes], proto: int) -> bytes:
+                for index, raw in enumerate(parts):
+                    if raw[:1] not in (b"-", b"!"):
+                        counter.record(index, raw)
+                return sum_parts(parts, proto)
+        elif name in ("del", "unlink", "exists"):
+            merge = any_part
+        else:
+            merge = first_part
+        sink.fanout(calls, merge)
+        return True
 
     def _track(self, key: bytes) -> None:
         node = self.server.placement.node_index(key)
@@ -174,6 +314,10 @@ class HotKeyService:
             state = self.watched.get(hot.key)
             if mitigation == "cache" and state != "ok":
                 mitigation = f"cache ({state or 'pending'})"
+            if mitigation == "split":
+                counter = self.split.get(hot.key)
+                mitigation = (f"split over {len(counter.parts)} nodes" if counter
+                              else "split (not a string counter)")
             rows.append({"key": hot.key, "ops_per_sec": round(hot.ops_per_sec, 1),
                          "node": labels[node] if node >= 0 else "migrating",
                          "mitigation": mitigation})
@@ -181,6 +325,8 @@ class HotKeyService:
 
     def info(self) -> dict[str, object]:
         fields: dict[str, object] = {f"cache_{k}": v for k, v in self.cache.stats().items()}
+        fields["split_counters"] = len(self.split)
+        fields["split_increments"] = self.split_increments
         fields["hot_keys"] = len(self.detector.hot_keys())
         fields["threshold_ops_per_sec"] = round(self.detector.threshold_rate, 1)
         for index, row in enumerate(self.describe()):

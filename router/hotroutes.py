@@ -31,6 +31,8 @@ class HotReadKey(SingleKey):
         key = args[self.pos]
         service = self.service
         service.observe(key)
+        if (service.split or service.merging) and service.serve_split(key, self.name, args, sink):
+            return
         watched = service.watched
         if watched and watched.get(key) == "ok":
             serve_cached(service, key, args, sink, self.node_of)
@@ -59,6 +61,8 @@ class HotWriteKey(SingleKey):
         key = args[self.pos]
         service = self.service
         service.observe(key)
+        if (service.split or service.merging) and service.serve_split(key, self.name, args, sink):
+            return
         watched = service.watched
         if watched and key in watched:
             service.cache.invalidate(key)

@@ -459,8 +459,16 @@ class AllNodes(Route):
         return f"every node, {self.how}"
 
 
+#: Keys the proxy keeps for itself (the parts of split counters): not shown by SCAN or KEYS.
+RESERVED = b"{rlsplit-"
+
+
+def visible(items: list[bytes]) -> list[bytes]:
+    return [item for item in items if RESERVED not in item[:32]]
+
+
 def merge_concat(parts: list[bytes], proto: int) -> bytes:
-    """KEYS: every node's keys in one array."""
+    """KEYS: every node's keys in one array (the proxy's own keys left out)."""
     err = first_error(parts)
     if err is not None:
         return err
@@ -470,7 +478,7 @@ def merge_concat(parts: list[bytes], proto: int) -> bytes:
         if elements is None:
             return resp.error("ERR ringleader: unexpected reply to a fanned-out command")
         items.extend(elements)
-    return resp.array_of_raw(items)
+    return resp.array_of_raw(visible(items))
 
 
 def merge_same(parts: list[bytes], proto: int) -> bytes:
@@ -562,7 +570,10 @@ class Scan(Route):
                 outer = next_node_cursor * count + index
             else:
                 outer = index + 1 if index + 1 < count else 0
-            return b"*2\r\n" + resp.bulk(b"%d" % outer) + part[cursor_end:]
+            keys = part[cursor_end:]
+            if RESERVED in keys:
+                keys = resp.array_of_raw(visible(resp.split_reply_array(keys) or []))
+            return b"*2\r\n" + resp.bulk(b"%d" % outer) + keys
 
         sink.fanout([(index, sub)], merge)
 

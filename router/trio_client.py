@@ -4,32 +4,48 @@ Only the I/O differs from ``ShardedClient``: encoding, routing, batching and dec
 ``router.client``'s ``ClientCore`` and ``Batch``, and the command methods are redis-py's
 ``AsyncCoreCommands`` (each returns ``self.execute_command(...)``, a coroutine here). A
 fan-out or a pipeline talks to its nodes concurrently, one task per node.
+
+``TrioShardedClient.from_state_dir`` follows the live topology with a task (``TrioFollower``)
+in a nursery of its own, opened and closed by its ``async with`` block: the same promises as
+the blocking client's thread (router/follow.py), with the store read in worker threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import trio
 from redis.commands.core import AsyncCoreCommands
 
+from rebalancer.store import StateDirStore, StoreError, UnknownParticipant
+from rebalancer.topology import Topology
+
 from . import resp
 from .client import (
     Batch,
+    Call,
     LibraryClientBase,
     NodeConnectionError,
     NodeTimeoutError,
     PipelineBase,
     ReplyFramer,
+    Routing,
     looks_closed,
     refuse_transaction,
 )
+from .config import ProxyConfig
+from .follow import FollowSettings, LeaseError, Participation, open_state_dir
 from .nodes import NodeSpec
 
-__all__ = ["TrioPipeline", "TrioShardedClient"]
+__all__ = ["TrioFollower", "TrioPipeline", "TrioShardedClient"]
+
+log = logging.getLogger("ringleader.library")
 
 
 class _TrioConnection:
@@ -135,7 +151,8 @@ class _TrioNodePool:
         self.client = client
         self.idle: list[_TrioConnection] = []
         self.slots = trio.Semaphore(limit)
-        self.login = client._core.login_requests(node, client._username, client._password)
+        self.login = client._core.login_requests(node)
+        self.retired = False  # the node left the topology: returned connections are closed
 
     async def exchange(self, payload: bytes, count: int, blocking: bool = False) -> list[bytes]:
         client = self.client
@@ -157,12 +174,19 @@ class _TrioNodePool:
             except BaseException:
                 conn.close()
                 raise
-            idle.append(conn)
+            if self.retired:
+                conn.close()
+            else:
+                idle.append(conn)
             return replies
 
     def close(self) -> None:
         while self.idle:
             self.idle.pop().close()
+
+    def retire(self) -> None:
+        self.retired = True
+        self.close()
 
 
 class TrioShardedClient(LibraryClientBase, AsyncCoreCommands):
@@ -170,7 +194,8 @@ class TrioShardedClient(LibraryClientBase, AsyncCoreCommands):
 
     Safe to share between tasks: each request borrows a connection of its node's pool, at
     most ``max_connections_per_node`` at once. Use it as ``async with`` (or call
-    ``aclose()``) to close the pooled connections.
+    ``aclose()``) to close the pooled connections; ``async with
+    TrioShardedClient.from_state_dir(path) as client:`` follows a live topology.
     """
 
     def __init__(self, nodes: Sequence[str] | str | None = None, *,
@@ -178,40 +203,127 @@ class TrioShardedClient(LibraryClientBase, AsyncCoreCommands):
         super().__init__(nodes, **kwargs)
         if max_connections_per_node < 1:
             raise ValueError("max_connections_per_node must be at least 1")
-        self._pools = [_TrioNodePool(node, self, max_connections_per_node)
-                       for node in self._core.nodes]
+        self._limit = max_connections_per_node
+        self._pools: dict[NodeSpec, _TrioNodePool] = {}
+        self._attach(self._core.routing)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def from_state_dir(cls, path: str | os.PathLike[str] | None = None, *,
+                             config: ProxyConfig | str | os.PathLike[str] | None = None,
+                             db: int | None = None, participant_id: str | None = None,
+                             poll_interval: float = 0.2, heartbeat_interval: float = 1.0,
+                             participant_timeout: float = 10.0,
+                             **kwargs: Any) -> AsyncIterator[TrioShardedClient]:
+        """``async with TrioShardedClient.from_state_dir(path) as client:`` a client that
+        follows the topology in a proxy's state directory (options as
+        ``ShardedClient.from_state_dir``).
+
+        The follower is a task in a nursery the block owns, so it cannot outlive the
+        client: leaving the block stops it, unregisters and closes the connections.
+        """
+        settings = FollowSettings(poll_interval, heartbeat_interval, participant_timeout,
+                                  participant_id)
+        store, topology, base = await trio.to_thread.run_sync(
+            open_state_dir, path, config, db, participant_timeout)
+        client = cls(config=base, topology=topology, **kwargs)
+        follower = TrioFollower(client, store, topology, settings)
+        await follower.start()
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follower.run, name=f"ringleader follow {follower.id}")
+                try:
+                    yield client
+                except BaseException as exc:
+                    # re-raised below, outside the nursery, so the caller gets its own
+                    # exception rather than an ExceptionGroup around it
+                    failure = exc
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await follower.stop()
+                await client.aclose()
+        if failure is not None:
+            raise failure
+
+    # ------------------------------------------------------------------ pools per routing
+
+    def _attach(self, routing: Routing) -> None:
+        """Give a routing its pools, reusing the open ones of nodes it keeps."""
+        pools = self._pools
+        attached = []
+        for node in routing.nodes:
+            pool = pools.get(node)
+            if pool is None:
+                pool = pools[node] = _TrioNodePool(node, self, self._limit)
+            attached.append(pool)
+        routing.pools = attached
+
+    def _retire_pools(self, routing: Routing) -> None:
+        keep = set(routing.nodes)
+        for node in [n for n in self._pools if n not in keep]:
+            self._pools.pop(node).retire()
+
+    # ------------------------------------------------------------------ commands
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Route, send and decode one command, as redis-py's asyncio client does."""
         core = self._core
-        call = core.prepare(args)
-        if call.node >= 0:
-            raw: bytes | Exception = (await self._pools[call.node].exchange(
-                call.payload, 1, call.blocking))[0]
-        elif call.raw is not None:
-            await trio.lowlevel.checkpoint()
-            raw = call.raw
-        else:
-            raw = (await self._run(Batch([call])))[0]
+        follow = self._follow
+        if follow is None:
+            call = core.prepare(args)
+            raw = await self._send(call, call.routing)  # type: ignore[arg-type]
+            return core.result(call, raw, options)
+        routing = await follow.enter()
+        gate = routing.gate
+        try:
+            call = core.prepare(args, routing)
+            if call.blocking:  # may wait for minutes: must not hold back acknowledgements
+                gate.leave()
+                gate = None
+            raw = await self._send(call, routing)
+        finally:
+            if gate is not None:
+                gate.leave()
         return core.result(call, raw, options)
 
-    async def _run(self, batch: Batch) -> list[bytes | Exception]:
+    async def _send(self, call: Call, routing: Routing) -> bytes | Exception:
+        if call.node >= 0:
+            return (await routing.pools[call.node].exchange(call.payload, 1, call.blocking))[0]
+        if call.raw is not None:
+            await trio.lowlevel.checkpoint()
+            return call.raw
+        return (await self._run(Batch([call]), routing))[0]
+
+    async def _run(self, batch: Batch, routing: Routing) -> list[bytes | Exception]:
+        """Move-then-serve first (the MIGRATEs of the batch's moving keys, per source), then
+        every node its requests."""
+        moves = batch.moves(routing, self._core.find_keys)
+        if moves is not None:
+            self._moved_on_access += batch.settle(routing,
+                                                  await self._exchange_all(moves, routing))
+        return await self._exchange_all(batch, routing)
+
+    async def _exchange_all(self, batch: Batch, routing: Routing) -> list[bytes | Exception]:
         """Each node's requests in one write and its replies in one read, all nodes at once;
         a node that fails fails only its own calls."""
         work = list(batch.payloads())
         if len(work) == 1:
-            await self._exchange(batch, *work[0])
+            await self._exchange(batch, routing, *work[0])
         elif work:
             async with trio.open_nursery() as nursery:
                 for node, payload, count in work:
-                    nursery.start_soon(self._exchange, batch, node, payload, count)
+                    nursery.start_soon(self._exchange, batch, routing, node, payload, count)
         else:
             await trio.lowlevel.checkpoint()
         return batch.results()
 
-    async def _exchange(self, batch: Batch, node: int, payload: bytes, count: int) -> None:
+    async def _exchange(self, batch: Batch, routing: Routing, node: int, payload: bytes,
+                        count: int) -> None:
         try:
-            batch.fill(node, await self._pools[node].exchange(payload, count, batch.blocking))
+            batch.fill(node, await routing.pools[node].exchange(payload, count, batch.blocking))
         except NodeConnectionError as exc:
             batch.fail(node, exc)
 
@@ -222,7 +334,7 @@ class TrioShardedClient(LibraryClientBase, AsyncCoreCommands):
 
     def close(self) -> None:
         """Close the idle connections (the client reconnects if used again)."""
-        for pool in self._pools:
+        for pool in list(self._pools.values()):
             pool.close()
 
     async def aclose(self) -> None:
@@ -245,11 +357,18 @@ class TrioPipeline(PipelineBase, AsyncCoreCommands):
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """One round trip per node involved, all nodes concurrently. With
         ``raise_on_error=False`` errors (including a failed node's) are returned in place."""
-        stack, batch = self._take()
-        if not stack:
-            await trio.lowlevel.checkpoint()
-            return []
-        raws = await self._client._run(batch)
+        client = self._client
+        follow = client._follow
+        routing = client._core.routing if follow is None else await follow.enter()
+        try:
+            stack, batch = self._take(routing)
+            if not stack:
+                await trio.lowlevel.checkpoint()
+                return []
+            raws = await client._run(batch, routing)
+        finally:
+            if follow is not None:
+                routing.gate.leave()
         return self._core.results(stack, raws, raise_on_error)
 
     async def __aenter__(self) -> TrioPipeline:
@@ -257,3 +376,140 @@ class TrioPipeline(PipelineBase, AsyncCoreCommands):
 
     async def __aexit__(self, *exc: object) -> None:
         self.reset()
+
+
+# ---------------------------------------------------------------- following a topology store
+
+
+class TrioGate:
+    """``router.follow.Gate`` for one trio thread: requests in flight on one routing."""
+
+    __slots__ = ("active", "retired", "drained")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.retired = False
+        self.drained = trio.Event()
+
+    def enter(self) -> bool:
+        if self.retired:
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.retired and not self.active:
+            self.drained.set()
+
+    def retire(self) -> None:
+        self.retired = True
+        if not self.active:
+            self.drained.set()
+
+
+class TrioFollower(Participation):
+    """The trio client's participation (router/follow.py says what it promises): ``run`` is
+    the task that polls the epoch, swaps, acknowledges after the drain and heartbeats;
+    ``enter`` renews a lapsed lease before a command is served."""
+
+    def __init__(self, client: TrioShardedClient, store: StateDirStore, topology: Topology,
+                 settings: FollowSettings) -> None:
+        super().__init__(store, topology, settings, type(client).__name__)
+        self._client = client
+        self._lock = trio.Lock()  # one swap/registration at a time
+
+    async def start(self) -> None:
+        """Register with the epoch the client routes by."""
+        client = self._client
+        client._core.routing.gate = TrioGate()
+        async with self._lock:
+            await self._register()
+        client._follow = self
+
+    async def stop(self) -> None:
+        self.closed = True
+        self.last_beat = -math.inf  # a command after the block finds the lease gone
+        await trio.to_thread.run_sync(self.unregister_sync)
+
+    async def enter(self) -> Routing:
+        """The routing a command uses, counted in its gate until ``gate.leave()``."""
+        if time.monotonic() - self.last_beat >= self.lease:
+            await self._renew()
+        core = self._client._core
+        while True:
+            routing = core.routing
+            if routing.gate.enter():
+                return routing
+
+    async def _renew(self) -> None:
+        async with self._lock:
+            if self.closed:
+                raise LeaseError(f"library client {self.id} is closed (its async with block "
+                                 "has ended); create a new one")
+            if not self.lease_expired():
+                return
+            log.warning("library client %s: no heartbeat for %.1fs; reloading the topology",
+                        self.id, time.monotonic() - self.last_beat)
+            try:
+                await self._apply(await trio.to_thread.run_sync(self.load_sync))
+                await self._register()
+            except (OSError, StoreError, ValueError) as exc:
+                raise self.lease_error(exc) from exc
+
+    async def _register(self) -> None:
+        """Register, then make sure no newer epoch was written meanwhile."""
+        while True:
+            current = await trio.to_thread.run_sync(self.register_sync)
+            if current is None or current == self.topology.epoch:
+                return
+            await self._apply(await trio.to_thread.run_sync(self.load_sync))
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self.settings.poll_interval)
+            try:
+                async with self._lock:
+                    await self._step()
+            except Exception as exc:  # the store is unreadable for now: keep trying
+                log.warning("library client %s: following %s failed: %s", self.id,
+                            self.store.path, exc)
+
+    async def _step(self) -> None:
+        run = trio.to_thread.run_sync
+        try:
+            epoch = await run(self.store.epoch)
+            if epoch is not None and epoch != self.topology.epoch:
+                await self._apply(await run(self.load_sync))
+                await run(self.heartbeat_sync)  # acknowledge at once: a barrier may wait
+            elif self.beat_due():
+                await run(self.heartbeat_sync)
+        except UnknownParticipant:
+            self.last_beat = -math.inf  # pruned as gone: commands wait for the reload
+            await self._apply(await run(self.load_sync))
+            await self._register()
+
+    async def _apply(self, topology: Topology) -> None:
+        """Swap to ``topology``'s routing; it is the applied epoch once every replaced
+        routing's requests have finished (including a swap a cancellation interrupted)."""
+        client = self._client
+        core = client._core
+        if topology.epoch != core.routing.epoch:
+            log.info("library client %s: topology epoch %d (%d shards, %d migrations)",
+                     self.id, topology.epoch, len(topology.shards), len(topology.migrations))
+            new = core.routing_for(topology)
+            new.gate = TrioGate()
+            client._attach(new)
+            old, core.routing = core.routing, new
+            old.gate.retire()
+            self.undrained.append(old.gate)
+        while self.undrained:
+            gate = self.undrained[0]
+            with trio.move_on_after(0.05):
+                await gate.drained.wait()
+            if gate.drained.is_set():
+                self.undrained.pop(0)
+            else:
+                await trio.to_thread.run_sync(self.beat_while_draining)
+        self.topology = topology
+        client._retire_pools(core.routing)

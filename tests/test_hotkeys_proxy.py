@@ -159,3 +159,82 @@ def test_forgetting_versions_never_lets_an_old_read_in():
 def test_errors_are_never_cached():
     cache = NearCache()
     assert not cache.put(("GET", "k"), b"k", b"-WRONGTYPE\r\n", cache.version(b"k"), now=0.0)
+
+
+SPLIT_CONFIG = """
+[hotkeys]
+window_ms = 100
+threshold = 0.05
+floor_ops = 1
+sample_every = 1
+cool_windows = 2
+[[hotkeys.rules]]
+pattern = "counter:*"
+mitigation = "split"
+split = 3
+"""
+
+
+@pytest.fixture
+def split_proxy(make_proxy, three_nodes, nodes, tmp_path):
+    path = tmp_path / "split.toml"
+    path.write_text("nodes = [" + ", ".join(f'"{n.address}"' for n in nodes) + "]\n"
+                    + SPLIT_CONFIG)
+    return make_proxy("--config", str(path))
+
+
+def incrs(node) -> int:
+    stats = direct(node).info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("incr", "incrby"))
+
+
+def wait_split(client, key: str) -> None:
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        for _ in range(100):
+            client.incr(key)
+        rows = [v for k, v in client.info("hotkeys").items() if isinstance(v, dict)]
+        if any(r.get("key") == key and str(r.get("mitigation", "")).startswith("split over")
+               for r in rows):
+            return
+    raise AssertionError(f"{key} was never split: {client.info('hotkeys')}")
+
+
+def test_a_split_counter_spreads_increments_and_sums_exactly(split_proxy, nodes):
+    import threading
+
+    client = split_proxy.client()
+    wait_split(client, "counter:views")
+    base = int(client.get("counter:views"))
+    before = [incrs(n) for n in nodes]
+
+    def hammer() -> None:
+        mine = split_proxy.client()
+        for _ in range(500):
+            mine.incr("counter:views")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert int(client.get("counter:views")) == base + 2000  # no increment lost
+    spread = [incrs(n) - b for n, b in zip(nodes, before, strict=True)]
+    assert sum(1 for s in spread if s > 200) >= 2, spread  # more than one node took them
+    assert not [k for k in client.scan_iter("*rlsplit*")]  # the parts stay hidden
+
+
+def test_a_split_counter_is_folded_back_when_it_cools(split_proxy, nodes):
+    client = split_proxy.client()
+    wait_split(client, "counter:cooling")
+    total = int(client.get("counter:cooling"))
+    end = time.monotonic() + 20  # stop incrementing: it cools, its parts fold into the key
+    while time.monotonic() < end:
+        client.get("other")
+        parts = sum(len(direct(n).keys("{rlsplit-*")) for n in nodes)
+        if parts == 0 and "counter:cooling" not in str(client.info("hotkeys")):
+            break
+        time.sleep(0.05)
+    assert sum(len(direct(n).keys("{rlsplit-*")) for n in nodes) == 0
+    owner_value = sum(int(direct(n).get("counter:cooling") or 0) for n in nodes)
+    assert owner_value == total
