@@ -9,6 +9,11 @@ one writer at every moment, and the background mover can move the same keys conc
 
 A ``MigratingLink`` stands in the connection list at the migration's negative placement code
 (``conns[-(k + 1)]``), so routes address it like any node and need no special case.
+
+Until the epoch barrier has passed (every live participant routes the arc this way), the
+link *holds* its requests instead of moving keys: a participant still on the previous epoch
+reads and writes the source directly, so no key may leave the source while one might. Held
+requests go on (moved, then served) as soon as the barrier is seen to pass.
 """
 
 from __future__ import annotations
@@ -57,12 +62,50 @@ class MigratingLink:
         self.stats = stats
         self._head = migrate_head(target_node, db=db, timeout_ms=timeout_ms,
                                   username=username, password=password)
+        self.ready = False  # the barrier has passed: keys may move
+        self._held: list[tuple] = []
+
+    def release(self) -> None:
+        """The barrier passed: send what was held, in order."""
+        self.ready = True
+        held, self._held = self._held, []
+        for kind, payload, entry, extra in held:
+            if kind == "acked":
+                err = self.submit_acked(payload, entry, *extra)
+                if err is not None:
+                    extra[1].fill(err)
+            else:
+                err = self.submit(payload, entry)
+            if err is not None:
+                client = entry.fill(err)
+                if client is not None and not client.dirty:
+                    client.dirty = True
+                    self.target.poller.client_dirty(client)
+
+    def fail_held(self, reason: bytes) -> None:
+        held, self._held = self._held, []
+        for kind, _payload, entry, extra in held:
+            if kind == "acked":
+                extra[1].fill(reason)
+            client = entry.fill(reason)
+            if client is not None and not client.dirty:
+                client.dirty = True
+                self.target.poller.client_dirty(client)
+
+    def adopt(self, older: MigratingLink) -> None:
+        """Take over an older link's state when the connection lists are rebuilt."""
+        self.ready = older.ready
+        self._held = older._held
+        older._held = []
 
     @property
     def proto(self) -> int:
         return self.target.proto
 
     def submit(self, payload: bytes, entry) -> bytes | None:
+        if not self.ready:
+            self._held.append(("plain", payload, entry, ()))
+            return None
         reader = hiredis.Reader()
         reader.feed(payload)
         args = reader.gets()
@@ -82,6 +125,9 @@ class MigratingLink:
     def submit_acked(self, payload: bytes, entry, wait: bytes, waiter) -> bytes | None:
         """A write under an acknowledgement level, in a moving arc: moved, then written and
         waited for on the target."""
+        if not self.ready:
+            self._held.append(("acked", payload, entry, (wait, waiter)))
+            return None
         return self.submit(payload, _Acked(self.target, entry, wait, waiter))
 
     @property

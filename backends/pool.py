@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from router import resp
 from router.nodes import NodeSpec
 
 from .migrating import MigratingLink
@@ -39,6 +40,8 @@ class Backend:
         self._open: dict[tuple[int, NodeSpec], NodeConnection] = {}
         self._lists: dict[int, list] = {}
         self._replica_lists: dict[int, list[list]] = {}
+        self._links: dict[tuple[int, int], MigratingLink] = {}  # (proto, migration) -> link
+        self.ready_migrations: set[int] = set()
 
     def connections(self, proto: int) -> list:
         """The shards' primary connections for ``proto`` (then the migrations' links at
@@ -83,17 +86,47 @@ class Backend:
 
     def _rebuild(self, proto: int) -> None:
         primaries = [self._conn(proto, node) for node in self.nodes]
-        links = [
-            MigratingLink(mid, primaries[source], primaries[target], self.nodes[target],
-                          self.find_keys or (lambda args: []),
-                          timeout_ms=self.migrate_timeout_ms, db=self.settings.db,
-                          username=self.settings.username, password=self.settings.password,
-                          stats=self.migration_stats.get(mid))
-            for mid, source, target in self.migrations]
+        links = []
+        live = set()
+        for mid, source, target in self.migrations:
+            link = MigratingLink(mid, primaries[source], primaries[target], self.nodes[target],
+                                 self.find_keys or (lambda args: []),
+                                 timeout_ms=self.migrate_timeout_ms, db=self.settings.db,
+                                 username=self.settings.username,
+                                 password=self.settings.password,
+                                 stats=self.migration_stats.get(mid))
+            older = self._links.get((proto, mid))
+            if older is not None:
+                link.adopt(older)  # requests held before the barrier stay held, in order
+            if mid in self.ready_migrations:
+                link.ready = True
+            self._links[(proto, mid)] = link
+            live.add((proto, mid))
+            links.append(link)
+        for key in [k for k in self._links if k[0] == proto and k not in live]:
+            # the migration ended while requests were held (cancelled before the barrier)
+            self._links.pop(key).fail_held(resp.error(
+                "TRYAGAIN ringleader: the move of this key's arc ended; retry"))
         self._lists[proto][:] = primaries + links[::-1]
         self._replica_lists[proto][:] = (
             [[self._conn(proto, r) for r in node.replicas] for node in self.nodes]
             + [[] for _ in links])
+
+    def migration_ready(self, migration_id: int) -> None:
+        """The epoch barrier passed for this migration: its keys may move."""
+        if migration_id in self.ready_migrations:
+            return
+        self.ready_migrations.add(migration_id)
+        for (_, mid), link in list(self._links.items()):
+            if mid == migration_id and not link.ready:
+                link.release()
+
+    def fail_held(self, migration_id: int) -> None:
+        for (_, mid), link in list(self._links.items()):
+            if mid == migration_id:
+                link.fail_held(resp.error(
+                    "TRYAGAIN ringleader: this key's arc is about to move and another proxy or "
+                    "client has not confirmed it yet; retry"))
 
     async def _retire(self, conn: NodeConnection) -> None:
         with trio.move_on_after(self.settings.request_timeout * 2):

@@ -36,6 +36,8 @@ log = logging.getLogger("ringleader.topology")
 
 POLL_INTERVAL = 0.2
 HEARTBEAT_INTERVAL = 1.0
+#: How long requests for a moving arc wait for the epoch barrier before they get TRYAGAIN.
+HOLD_LIMIT = 15.0
 
 
 class AdminError(Exception):
@@ -74,6 +76,7 @@ class TopologyManager:
         self._nursery: trio.Nursery | None = None
         self._lease_fd: int | None = None
         self._edit_lock = trio.Lock()
+        self._holding_since: float | None = None
         #: shard id -> migrations that must finish before the shard is removed
         self._remove_after: dict[str, set[int]] = {}
         if store is not None:
@@ -121,6 +124,7 @@ class TopologyManager:
             try:
                 while True:
                     await self._follow_store()
+                    await self._check_barriers()
                     self._ensure_movers()
                     await trio.sleep(POLL_INTERVAL)
             finally:
@@ -260,6 +264,28 @@ class TopologyManager:
             progress.state = "cancelled" if progress.state != "done" else progress.state
         self._movers.pop(migration.id, None)
 
+    async def _check_barriers(self) -> None:
+        """Migrations whose barrier has passed may move keys on access (held until then)."""
+        backend = self.server.backend
+        waiting = [m.id for m in self.topology.migrations if m.id not in backend.ready_migrations]
+        if not waiting:
+            self._holding_since = None
+            return
+        if self.store is not None:
+            passed = await trio.to_thread.run_sync(self.store.all_acked, self.topology.epoch)
+            if not passed:
+                now = time.monotonic()
+                self._holding_since = self._holding_since or now
+                if now - self._holding_since > HOLD_LIMIT:
+                    # a participant acknowledges neither the epoch nor its own death: the
+                    # held requests get an error rather than wait on it without end
+                    for mid in waiting:
+                        backend.fail_held(mid)
+                return
+        self._holding_since = None
+        for mid in waiting:
+            backend.migration_ready(mid)
+
     async def _barrier(self, epoch: int) -> None:
         """Wait until every live participant routes the moving arcs with move-then-serve."""
         if self.store is None:
@@ -329,6 +355,7 @@ class TopologyManager:
             except (TopologyError, ValueError) as exc:
                 raise AdminError(f"ERR ringleader: {exc}") from None
             await self._commit(new)
+        await self._check_barriers()
         for migration in migrations:
             self._progress_for(migration)
             self._journal({"migration": migration.id, "kind": "started",

@@ -32,6 +32,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ from redis._parsers.encoders import Encoder
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE, CaseInsensitiveDict
 from redis.commands.core import CoreCommands
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import resp
@@ -1175,11 +1176,24 @@ class ShardedClient(LibraryClientBase, CoreCommands):
         every node its requests."""
         moves = batch.moves(routing, self._core.find_keys)
         if moves is not None:
+            self._await_barrier(routing)
             moved = batch.settle(routing, self._exchange(moves, routing))
             if moved:
                 with _STATS_LOCK:
                     self._moved_on_access += moved
         return self._exchange(batch, routing)
+
+    def _await_barrier(self, routing: Routing) -> None:
+        """Hold a move until every participant routes the arc with move-then-serve."""
+        follow = self._follow
+        if follow is None:
+            return
+        deadline = time.monotonic() + follow.settings.participant_timeout
+        while not follow.barrier_passed_sync(routing.epoch):
+            if time.monotonic() > deadline:
+                raise TryAgainError("ringleader: the move of this key's arc is "
+                                    "waiting for other participants; retry")
+            time.sleep(0.02)
 
     def _exchange(self, batch: Batch, routing: Routing) -> list[bytes | Exception]:
         """Send every node its requests in one write, then read each node's replies; a node

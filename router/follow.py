@@ -194,9 +194,23 @@ class Participation:
         #: gates of replaced routings whose requests may still be in flight
         self.undrained: list[Any] = []
 
+        #: epochs whose barrier has been seen to pass (keys of their moving arcs may move)
+        self.barriers_passed: set[int] = set()
+
     @property
     def applied_epoch(self) -> int:
         return self.topology.epoch
+
+    def barrier_passed_sync(self, epoch: int) -> bool:
+        """Whether every live participant routes ``epoch``'s moving arcs with
+        move-then-serve: until then no key may leave a source, since a participant still on
+        the previous epoch reads and writes the source directly."""
+        if epoch in self.barriers_passed:
+            return True
+        if self.store.all_acked(epoch):
+            self.barriers_passed.add(epoch)
+            return True
+        return False
 
     def lease_expired(self) -> bool:
         return time.monotonic() - self.last_beat >= self.lease

@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 from redis.commands.core import AsyncCoreCommands
+from redis.exceptions import TryAgainError
 
 from rebalancer.store import StateDirStore, StoreError, UnknownParticipant
 from rebalancer.topology import Topology
@@ -302,9 +303,22 @@ class TrioShardedClient(LibraryClientBase, AsyncCoreCommands):
         every node its requests."""
         moves = batch.moves(routing, self._core.find_keys)
         if moves is not None:
+            await self._await_barrier(routing)
             self._moved_on_access += batch.settle(routing,
                                                   await self._exchange_all(moves, routing))
         return await self._exchange_all(batch, routing)
+
+    async def _await_barrier(self, routing: Routing) -> None:
+        """Hold a move until every participant routes the arc with move-then-serve."""
+        follow = self._follow
+        if follow is None:
+            return
+        with trio.move_on_after(follow.settings.participant_timeout) as scope:
+            while not await trio.to_thread.run_sync(follow.barrier_passed_sync, routing.epoch):
+                await trio.sleep(0.02)
+        if scope.cancelled_caught:
+            raise TryAgainError("ringleader: the move of this key's arc is waiting "
+                                "for other participants; retry")
 
     async def _exchange_all(self, batch: Batch, routing: Routing) -> list[bytes | Exception]:
         """Each node's requests in one write and its replies in one read, all nodes at once;

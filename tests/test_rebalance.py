@@ -241,3 +241,36 @@ def test_the_admin_cli_adds_a_node_and_waits_for_the_move(make_nodes, make_proxy
     assert direct(nodes[2]).dbsize() > 0
     listed = json.loads(admin_cli("status", "--json").stdout)
     assert len(listed["shards"]) == 3
+
+
+def test_no_key_moves_until_every_proxy_has_the_new_epoch(make_nodes, make_proxy, tmp_path):
+    import threading
+
+    nodes = make_nodes(3)
+    config = write_config(tmp_path, nodes[:2])
+    a = make_proxy("--config", config)
+    b = make_proxy("--config", config)  # a second proxy on the same state dir
+    a.client().mset({f"b:{i}": i for i in range(2000)})
+    b.proc.send_signal(signal.SIGSTOP)  # it cannot acknowledge the moving epoch
+    try:
+        admin(a, "MOVE", ",".join(str(t) for t in _arcs_of(tmp_path, nodes[0].address)[:50]),
+              nodes[1].address)
+        moving = next(f"b:{i}" for i in range(2000) if _in_moving_arc(tmp_path, f"b:{i}"))
+        got = {}
+        reader = threading.Thread(target=lambda: got.setdefault("v", a.client().get(moving)))
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive(), "the read went ahead before the barrier"
+        assert direct(nodes[0]).exists(moving) == 1  # still on the source
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    reader.join(15)
+    assert got["v"] == moving.split(":")[1].encode()
+    wait_migrations(a)
+
+
+def _in_moving_arc(tmp_path, key: str) -> bool:
+    from rebalancer.store import StateDirStore
+
+    topology = StateDirStore(tmp_path / "state").load()
+    return topology.placement().node_index(key.encode()) < 0
