@@ -103,7 +103,7 @@ def test_watch_lets_the_transaction_run_when_nothing_changed(proxy):
 
 
 def test_blpop_is_woken_by_a_push_from_another_client(proxy):
-    waiter = proxy.client()
+    waiter = proxy.client(socket_timeout=60)
     result = {}
 
     def wait() -> None:
@@ -163,14 +163,14 @@ def test_client_disconnect_releases_its_blocked_node_connection(proxy, nodes):
 def test_xread_block_waits_for_an_entry(proxy):
     from test_proxy_failures import eventually
 
-    reader = proxy.client()
+    reader = proxy.client(socket_timeout=60)
     writer = proxy.client()
     got = {}
     thread = threading.Thread(
-        target=lambda: got.setdefault("r", reader.xread({"events": "$"}, block=10_000)))
+        target=lambda: got.setdefault("r", reader.xread({"events": "$"}, block=30_000)))
     thread.start()
     eventually(lambda: writer.info("clients")["blocked_clients"] == 1, what="xread blocked")
     writer.xadd("events", {"kind": "login"})
-    thread.join(10)
+    thread.join(30)
     entries = got["r"]
     assert entries  # [[b'events', [(id, {b'kind': b'login'})]]] in RESP2, a dict in RESP3
