@@ -1,6 +1,9 @@
 """Which mitigation a hot key gets, per key pattern (sans-I/O).
 
 - ``cache`` (the default): reads served from the proxy's near cache for a short TTL;
+- ``replicate``: copies of a hot read key on other nodes, reads spread over the owner and
+  the copies; a write drops the copies first (reads go back to the owner at once), and they
+  are made again at the next window if the key is still hot;
 - ``split``: a string counter (INCR family) spread over sub-keys on several nodes (opt-in:
   a read of the sum is not atomic; an INCR replies the total as this proxy last saw each
   part);
@@ -13,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import translate
 
-MITIGATIONS = ("cache", "split", "none")
+MITIGATIONS = ("cache", "replicate", "split", "none")
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,17 @@ class HotKeySettings:
     cache_max_bytes: int = 64 * 1024 * 1024
     mitigation: str = "cache"  # for keys no rule matches
     split: int = 4  # sub-keys of a split counter
+    copies: int = 2  # copies of a replicated key
     rules: tuple[dict, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.mitigation not in MITIGATIONS:
             raise ValueError(f"hotkeys.mitigation must be one of {', '.join(MITIGATIONS)}")
         for rule in self.rules:
-            unknown = set(rule) - {"pattern", "mitigation", "split"}
+            unknown = set(rule) - {"pattern", "mitigation", "split", "copies"}
             if "pattern" not in rule or unknown:
                 raise ValueError("each [[hotkeys.rules]] needs a pattern and may set "
-                                 "mitigation and split")
+                                 "mitigation, split and copies")
             if rule.get("mitigation", self.mitigation) not in MITIGATIONS:
                 raise ValueError(f"hotkeys rule {rule['pattern']!r}: mitigation must be one of "
                                  f"{', '.join(MITIGATIONS)}")
@@ -52,16 +56,18 @@ class HotKeySettings:
 class Mitigation:
     kind: str
     split: int = 4
+    copies: int = 2
 
 
 class HotKeyRules:
     """First matching pattern wins; otherwise the default mitigation."""
 
     def __init__(self, settings: HotKeySettings) -> None:
-        self.default = Mitigation(settings.mitigation, settings.split)
+        self.default = Mitigation(settings.mitigation, settings.split, settings.copies)
         self._rules = [(re.compile(translate(r["pattern"]).encode()),
                         Mitigation(r.get("mitigation", settings.mitigation),
-                                   int(r.get("split", settings.split))))
+                                   int(r.get("split", settings.split)),
+                                   int(r.get("copies", settings.copies))))
                        for r in settings.rules]
 
     def all(self) -> list[Mitigation]:

@@ -22,11 +22,12 @@ INCREMENTS = frozenset({"incr", "incrby", "decr", "decrby", "incrbyfloat"})
 SUMMED_READS = frozenset({"get"})
 
 
-def node_tags(node_of: Callable[[bytes], int], nodes: int, limit: int = 100_000) -> dict[int, bytes]:
+def node_tags(node_of: Callable[[bytes], int], nodes: int, limit: int = 100_000,
+              prefix: bytes = b"rlsplit-") -> dict[int, bytes]:
     """For each node, a hash tag that places keys on it."""
     tags: dict[int, bytes] = {}
     for n in range(limit):
-        tag = b"rlsplit-%d" % n
+        tag = prefix + b"%d" % n
         node = node_of(tag)
         if node >= 0 and node not in tags:
             tags[node] = tag

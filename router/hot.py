@@ -19,6 +19,7 @@ import trio
 
 from backends.node import UP
 from hotkeys.cache import NearCache
+from hotkeys.copies import CopySet, copy_key
 from hotkeys.detector import HotKeyDetector
 from hotkeys.rules import HotKeyRules, HotKeySettings
 from hotkeys.splitting import (
@@ -65,7 +66,11 @@ class HotKeyService:
         self.split: dict[bytes, SplitCounter] = {}
         self.merging: dict[bytes, SplitCounter] = {}
         self._tags: tuple[object, dict[int, bytes]] | None = None
+        self._copy_tags: tuple[object, dict[int, bytes]] | None = None
         self.split_increments = 0
+        #: replicated hot keys
+        self.copies: dict[bytes, CopySet] = {}
+        self.copy_reads = 0
 
     def cacheable(self, key: bytes) -> bool:
         return self.watched.get(key) == "ok"
@@ -82,6 +87,7 @@ class HotKeyService:
         for p in positions:
             if args[p] in self.watched:
                 self.cache.invalidate(args[p])
+                self.key_written(args[p])
 
     # ------------------------------------------------------------------ decisions
 
@@ -97,6 +103,7 @@ class HotKeyService:
                 else:
                     self._cooled(event.key)
             self._retrack()
+            self._refresh_copies()
 
     def _became_hot(self, key: bytes) -> None:
         mitigation = self.rules.for_key(key)
@@ -106,6 +113,8 @@ class HotKeyService:
             self._track(key)
         elif mitigation.kind == "split" and key not in self.split and key not in self.merging:
             self.server.spawn(lambda: self._start_split(key, mitigation.split))
+        elif mitigation.kind == "replicate" and key not in self.copies:
+            self._start_copies(key, mitigation.copies)
 
     def _cooled(self, key: bytes) -> None:
         if self.watched.pop(key, None) is not None:
@@ -114,6 +123,93 @@ class HotKeyService:
         if counter is not None:
             self.merging[key] = counter
             self.server.spawn(lambda: self._merge_back(counter))
+        copies = self.copies.pop(key, None)
+        if copies is not None:
+            copies.written()
+            self.server.spawn(lambda: self._drop_copies(copies))
+
+    # ------------------------------------------------------------------ replicated keys
+
+    def _start_copies(self, key: bytes, count: int) -> None:
+        placement = self.server.placement
+        owner = placement.node_index(key)
+        if owner < 0:
+            return
+        if self._copy_tags is None or self._copy_tags[0] is not placement:
+            self._copy_tags = (placement, node_tags(placement.node_index,
+                                                    len(self.server.topology.shards),
+                                                    prefix=b"rlcopy-"))
+        tags = self._copy_tags[1]
+        others = [node for node in sorted(tags) if node != owner][:max(count, 0)]
+        if not others:
+            return
+        self.copies[key] = CopySet(key, owner, [(n, copy_key(tags[n], key)) for n in others])
+        # writes from elsewhere must reach us before copies may serve: track the key
+        if key not in self.watched:
+            self.watched[key] = "pending"
+            self._track(key)
+
+    def _refresh_copies(self) -> None:
+        """Copies a write made stale are made again while the key stays hot."""
+        for copies in self.copies.values():
+            if not copies.active and not copies.copying and self.watched.get(copies.key) == "ok":
+                copies.copying = True
+                self.server.spawn(lambda copies=copies: self._make_copies(copies))
+
+    async def _make_copies(self, copies: CopySet) -> None:
+        version = copies.version
+        try:
+            async with await self._client(copies.owner) as client:
+                dumped, expires = await client.pipeline([("DUMP", copies.key),
+                                                         ("PEXPIRETIME", copies.key)])
+            for node, name in copies.copies:
+                async with await self._client(node) as client:
+                    if dumped is None or not isinstance(dumped, bytes):
+                        await client.call("DEL", name)  # no key: the copies say so too
+                    elif isinstance(expires, int) and expires > 0:
+                        await client.call("RESTORE", name, expires, dumped, "REPLACE", "ABSTTL")
+                    else:
+                        await client.call("RESTORE", name, 0, dumped, "REPLACE")
+            # serve from the copies only if nothing was written since the DUMP
+            if copies.version == version and self.copies.get(copies.key) is copies:
+                copies.active = True
+        except Exception as exc:
+            log.warning("copies of %r: %s", copies.key[:64], exc)
+        finally:
+            copies.copying = False
+
+    async def _drop_copies(self, copies: CopySet) -> None:
+        for node, name in copies.copies:
+            try:
+                async with await self._client(node) as client:
+                    await client.call("DEL", name)
+            except Exception as exc:
+                log.warning("dropping copy %r: %s", name[:64], exc)
+
+    def key_written(self, key: bytes) -> None:
+        """A write to ``key`` is about to be sent (or was reported by its node)."""
+        copies = self.copies.get(key)
+        if copies is not None:
+            copies.written()
+
+    def topology_changed(self) -> None:
+        """Copies and parts were placed by the old ring: read owners until they are remade."""
+        for copies in self.copies.values():
+            copies.written()
+        self._copy_tags = None
+
+    def read_copy(self, key: bytes, args: list[bytes], sink) -> bool:
+        """A read of a replicated key, spread over the owner and its copies."""
+        copies = self.copies.get(key)
+        if copies is None or not copies.active:
+            return False
+        node, name = copies.pick()
+        if name is None:
+            sink.forward(node, args)
+        else:
+            self.copy_reads += 1
+            sink.forward(node, [args[0], name, *args[2:]])
+        return True
 
     # ------------------------------------------------------------------ counter splitting
 
@@ -269,9 +365,12 @@ class HotKeyService:
                 keys = message[1] if len(message) > 1 else None
                 if keys is None:  # the node was flushed
                     self.cache.clear()
+                    for copies in self.copies.values():
+                        copies.written()
                 else:
                     for key in keys:
                         self.cache.invalidate(key)
+                        self.key_written(key)
             return
         waiting = self._waiting.get(node)
         if not waiting:
@@ -314,6 +413,11 @@ class HotKeyService:
             state = self.watched.get(hot.key)
             if mitigation == "cache" and state != "ok":
                 mitigation = f"cache ({state or 'pending'})"
+            if mitigation == "replicate":
+                copies = self.copies.get(hot.key)
+                mitigation = (f"replicate x{len(copies.copies)} "
+                              f"({'active' if copies.active else 'refreshing'})"
+                              if copies else "replicate (no other node)")
             if mitigation == "split":
                 counter = self.split.get(hot.key)
                 mitigation = (f"split over {len(counter.parts)} nodes" if counter
@@ -326,6 +430,8 @@ class HotKeyService:
     def info(self) -> dict[str, object]:
         fields: dict[str, object] = {f"cache_{k}": v for k, v in self.cache.stats().items()}
         fields["split_counters"] = len(self.split)
+        fields["replicated_keys"] = len(self.copies)
+        fields["copy_reads"] = self.copy_reads
         fields["split_increments"] = self.split_increments
         fields["hot_keys"] = len(self.detector.hot_keys())
         fields["threshold_ops_per_sec"] = round(self.detector.threshold_rate, 1)

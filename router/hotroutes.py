@@ -33,6 +33,8 @@ class HotReadKey(SingleKey):
         service.observe(key)
         if (service.split or service.merging) and service.serve_split(key, self.name, args, sink):
             return
+        if service.copies and service.read_copy(key, args, sink):
+            return
         watched = service.watched
         if watched and watched.get(key) == "ok":
             serve_cached(service, key, args, sink, self.node_of)
@@ -66,6 +68,7 @@ class HotWriteKey(SingleKey):
         watched = service.watched
         if watched and key in watched:
             service.cache.invalidate(key)
+            service.key_written(key)
         sink.forward(self.node_of(key), args)
 
     def describe(self) -> str:
@@ -143,6 +146,7 @@ class HotWrite(Route):
                 service.observe(key)
                 if watched and key in watched:
                     service.cache.invalidate(key)
+                    service.key_written(key)
         else:
             try:
                 positions = self.spec.key_positions(args)
@@ -153,6 +157,7 @@ class HotWrite(Route):
                 service.observe(key)
                 if watched and key in watched:
                     service.cache.invalidate(key)
+                    service.key_written(key)
         self.inner.serve(args, sink)
 
     def describe(self) -> str:

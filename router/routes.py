@@ -459,12 +459,13 @@ class AllNodes(Route):
         return f"every node, {self.how}"
 
 
-#: Keys the proxy keeps for itself (the parts of split counters): not shown by SCAN or KEYS.
-RESERVED = b"{rlsplit-"
+#: Keys the proxy keeps for itself (parts of split counters, copies of replicated hot keys):
+#: not shown by SCAN or KEYS.
+RESERVED = (b"{rlsplit-", b"{rlcopy-")
 
 
 def visible(items: list[bytes]) -> list[bytes]:
-    return [item for item in items if RESERVED not in item[:32]]
+    return [item for item in items if not any(r in item[:32] for r in RESERVED)]
 
 
 def merge_concat(parts: list[bytes], proto: int) -> bytes:
@@ -571,7 +572,7 @@ class Scan(Route):
             else:
                 outer = index + 1 if index + 1 < count else 0
             keys = part[cursor_end:]
-            if RESERVED in keys:
+            if any(r in keys for r in RESERVED):
                 keys = resp.array_of_raw(visible(resp.split_reply_array(keys) or []))
             return b"*2\r\n" + resp.bulk(b"%d" % outer) + keys
 

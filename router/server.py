@@ -168,6 +168,8 @@ class ProxyServer:
         for session in list(self._sessions.values()):
             if session.subs is not None and session.subs.active:
                 session.rehome_subscriptions()
+        if self.hot is not None:
+            self.hot.topology_changed()
 
     def effective_nodes(self) -> list[NodeSpec]:
         """The topology's shards, with the primaries Sentinel reported in place."""

@@ -238,3 +238,73 @@ def test_a_split_counter_is_folded_back_when_it_cools(split_proxy, nodes):
     assert sum(len(direct(n).keys("{rlsplit-*")) for n in nodes) == 0
     owner_value = sum(int(direct(n).get("counter:cooling") or 0) for n in nodes)
     assert owner_value == total
+
+
+REPLICATE_CONFIG = """
+[hotkeys]
+window_ms = 100
+threshold = 0.05
+floor_ops = 1
+sample_every = 1
+[[hotkeys.rules]]
+pattern = "popular:*"
+mitigation = "replicate"
+copies = 2
+"""
+
+
+@pytest.fixture
+def replicate_proxy(make_proxy, three_nodes, nodes, tmp_path):
+    path = tmp_path / "replicate.toml"
+    path.write_text("nodes = [" + ", ".join(f'"{n.address}"' for n in nodes) + "]\n"
+                    + REPLICATE_CONFIG)
+    return make_proxy("--config", str(path))
+
+
+def wait_replicated(client, key: str) -> None:
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        for _ in range(100):
+            client.get(key)
+        rows = [v for k, v in client.info("hotkeys").items() if isinstance(v, dict)]
+        if any(r.get("key") == key and "active" in str(r.get("mitigation")) for r in rows):
+            return
+    raise AssertionError(f"{key} was never replicated: {client.info('hotkeys')}")
+
+
+def test_reads_of_a_replicated_key_are_spread_over_its_copies(replicate_proxy, nodes):
+    client = replicate_proxy.client()
+    client.set("popular:item", "x" * 100, ex=3600)
+    wait_replicated(client, "popular:item")
+    before = [node_gets(n) for n in nodes]
+    for _ in range(300):
+        assert client.get("popular:item") == b"x" * 100
+    spread = [node_gets(n) - b for n, b in zip(nodes, before, strict=True)]
+    assert sum(1 for s in spread if s >= 50) == 3, spread  # owner and both copies
+    copies = [k for n in nodes for k in direct(n).keys("{rlcopy-*")]
+    assert len(copies) == 2
+    assert all(0 < direct(n).ttl(k) <= 3600 for n in nodes for k in direct(n).keys("{rlcopy-*"))
+    assert not list(client.scan_iter("*rlcopy*"))  # copies stay hidden
+
+
+def test_a_replicated_key_is_never_stale_after_a_write(replicate_proxy):
+    client = replicate_proxy.client()
+    client.set("popular:counter", 0)
+    wait_replicated(client, "popular:counter")
+    for i in range(1000):
+        client.set("popular:counter", i)
+        for _ in range(2):
+            assert client.get("popular:counter") == str(i).encode()
+
+
+def test_a_write_on_the_node_stops_stale_copies_from_serving(replicate_proxy, nodes):
+    client = replicate_proxy.client()
+    client.set("popular:shared", "old")
+    wait_replicated(client, "popular:shared")
+    direct(owner(nodes, "popular:shared")).set("popular:shared", "new")
+    end = time.monotonic() + 5
+    while True:  # within the report delay, every read sees the new value
+        values = {client.get("popular:shared") for _ in range(10)}
+        if values == {b"new"}:
+            break
+        assert time.monotonic() < end, values
