@@ -92,6 +92,13 @@ class MigratingLink:
                 client.dirty = True
                 self.target.poller.client_dirty(client)
 
+    def handoff(self, resubmit) -> None:
+        """This migration ended while requests were held: route them again by the current
+        topology (``resubmit(kind, payload, entry, extra)``), where the arc now lives."""
+        held, self._held = self._held, []
+        for kind, payload, entry, extra in held:
+            resubmit(kind, payload, entry, extra)
+
     def adopt(self, older: MigratingLink) -> None:
         """Take over an older link's state when the connection lists are rebuilt."""
         self.ready = older.ready

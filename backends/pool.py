@@ -42,6 +42,7 @@ class Backend:
         self._replica_lists: dict[int, list[list]] = {}
         self._links: dict[tuple[int, int], MigratingLink] = {}  # (proto, migration) -> link
         self.ready_migrations: set[int] = set()
+        self.node_of: Callable[[bytes], int] | None = None
 
     def connections(self, proto: int) -> list:
         """The shards' primary connections for ``proto`` (then the migrations' links at
@@ -59,11 +60,15 @@ class Backend:
         return self._replica_lists[proto]
 
     def set_topology(self, nodes: Sequence[NodeSpec],
-                     migrations: list[tuple[int, int, int]]) -> None:
+                     migrations: list[tuple[int, int, int]],
+                     node_of: Callable[[bytes], int] | None = None) -> None:
         """Shards and migrations changed: rebuild every list in place; connections to nodes
-        no longer used are closed once their requests are answered."""
+        no longer used are closed once their requests are answered. ``node_of`` is the new
+        placement (where requests held for an ended migration now go)."""
         self.nodes = list(nodes)
         self.migrations = list(migrations)
+        if node_of is not None:
+            self.node_of = node_of
         for proto in list(self._lists):
             self._rebuild(proto)
         used = {(proto, node) for proto in self._lists for node in self._all_nodes()}
@@ -104,13 +109,37 @@ class Backend:
             live.add((proto, mid))
             links.append(link)
         for key in [k for k in self._links if k[0] == proto and k not in live]:
-            # the migration ended while requests were held (cancelled before the barrier)
-            self._links.pop(key).fail_held(resp.error(
-                "TRYAGAIN ringleader: the move of this key's arc ended; retry"))
+            # the migration ended while this participant still held requests for it (its
+            # barrier passed and another participant finished it meanwhile): they go where
+            # the arc lives now
+            self._links.pop(key).handoff(
+                lambda kind, payload, entry, extra, proto=proto:
+                self._resubmit(proto, kind, payload, entry, extra))
         self._lists[proto][:] = primaries + links[::-1]
         self._replica_lists[proto][:] = (
             [[self._conn(proto, r) for r in node.replicas] for node in self.nodes]
             + [[] for _ in links])
+
+    def _resubmit(self, proto: int, kind: str, payload: bytes, entry, extra) -> None:
+        import hiredis
+
+        reader = hiredis.Reader()
+        reader.feed(payload)
+        args = reader.gets()
+        keys = self.find_keys(args) if self.find_keys and isinstance(args, list) else []
+        node = self.node_of(keys[0]) if keys and self.node_of else 0
+        conn = self._lists[proto][node]
+        if kind == "acked":
+            err = conn.submit_acked(payload, entry, *extra)
+            if err is not None:
+                extra[1].fill(err)
+        else:
+            err = conn.submit(payload, entry)
+        if err is not None:
+            client = entry.fill(err)
+            if client is not None and not client.dirty:
+                client.dirty = True
+                self.poller.client_dirty(client)
 
     def migration_ready(self, migration_id: int) -> None:
         """The epoch barrier passed for this migration: its keys may move."""

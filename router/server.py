@@ -126,7 +126,8 @@ class ProxyServer:
                                        nursery, self.poller, find_keys=self.table.keys_of,
                                        migrate_timeout_ms=self.config.migration.migrate_timeout_ms)
                 self.backend.set_topology(self.effective_nodes(),
-                                          migration_indices(self.topology))
+                                          migration_indices(self.topology),
+                                          self.placement.node_index)
                 self.backend.connections(2)  # connect now, not on the first request
                 from rebalancer.manager import TopologyManager
 
@@ -164,7 +165,8 @@ class ProxyServer:
         self.placement = topology.placement()
         self.routes = self._route_table(topology)
         if self.backend is not None:
-            self.backend.set_topology(self.effective_nodes(), migration_indices(topology))
+            self.backend.set_topology(self.effective_nodes(), migration_indices(topology),
+                                      self.placement.node_index)
         for session in list(self._sessions.values()):
             if session.subs is not None and session.subs.active:
                 session.rehome_subscriptions()

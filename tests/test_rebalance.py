@@ -257,7 +257,14 @@ def test_no_key_moves_until_every_proxy_has_the_new_epoch(make_nodes, make_proxy
               nodes[1].address)
         moving = next(f"b:{i}" for i in range(2000) if _in_moving_arc(tmp_path, f"b:{i}"))
         got = {}
-        reader = threading.Thread(target=lambda: got.setdefault("v", a.client().get(moving)))
+
+        def read() -> None:
+            try:
+                got["v"] = a.client().get(moving)
+            except Exception as exc:  # shown by the assertion below
+                got["error"] = f"{type(exc).__name__}: {exc}"
+
+        reader = threading.Thread(target=read)
         reader.start()
         reader.join(1.0)
         assert reader.is_alive(), "the read went ahead before the barrier"
@@ -265,7 +272,7 @@ def test_no_key_moves_until_every_proxy_has_the_new_epoch(make_nodes, make_proxy
     finally:
         b.proc.send_signal(signal.SIGCONT)
     reader.join(15)
-    assert got["v"] == moving.split(":")[1].encode()
+    assert got.get("v") == moving.split(":")[1].encode(), got
     wait_migrations(a)
 
 
