@@ -302,6 +302,7 @@ class ProxyServer:
                 "total_connections_received": self.connections_total,
                 "total_commands_processed": self.commands_total,
                 "instantaneous_ops_per_sec": self.ops_per_sec,
+                "event_loop_rounds": self.poller.rounds,
                 "rejected_connections": self.rejected_total,
             },
             "keyspace": {},
