@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,19 +242,6 @@ def start_redis(
             if port is not None:
                 raise RuntimeError(f"{exc}: {err.decode(errors='replace').strip()}") from exc
     raise RuntimeError(f"could not start redis-server: {last_error}")
-
-
-@contextlib.contextmanager
-def redis_cluster(count: int, options: RedisOptions | None = None) -> Iterator[list[RedisProcess]]:
-    """``count`` independent nodes, all stopped on exit (also when starting one fails)."""
-    nodes: list[RedisProcess] = []
-    try:
-        for _ in range(count):
-            nodes.append(start_redis(options=options))
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 # ---------------------------------------------------------------- replicas and Sentinel

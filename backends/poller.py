@@ -78,9 +78,6 @@ class Poller:
             except (OSError, ValueError):
                 pass
 
-    def mask_of(self, fd: int) -> int:
-        return self._masks.get(fd, 0)
-
     # ------------------------------------------------------------------ work to flush
 
     def node_dirty(self, node: Flushable) -> None:

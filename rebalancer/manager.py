@@ -244,7 +244,9 @@ class TopologyManager:
                     if any(m.id == migration.id for m in self.topology.migrations):
                         # finishing ends this migration: it must not cancel its own mover
                         self._movers.pop(migration.id, None)
-                        await self._commit(self.topology.finish_migration(migration.id))
+                        # adjacent arcs with one owner become one: the ring stays small
+                        await self._commit(
+                            self.topology.finish_migration(migration.id).merge_adjacent())
                 progress.state = "done"
                 progress.finished = time.time()
                 progress.message = f"moved {progress.moved + progress.moved_on_access} keys"

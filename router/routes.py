@@ -13,6 +13,9 @@ from typing import Protocol
 
 import hiredis
 
+from hotkeys.copies import COPY_PREFIX
+from hotkeys.splitting import SUB_PREFIX
+
 from . import resp
 from .commands import CommandError
 from .placement import Placement
@@ -461,7 +464,7 @@ class AllNodes(Route):
 
 #: Keys the proxy keeps for itself (parts of split counters, copies of replicated hot keys):
 #: not shown by SCAN or KEYS.
-RESERVED = (b"{rlsplit-", b"{rlcopy-")
+RESERVED = (SUB_PREFIX, COPY_PREFIX)
 
 
 def visible(items: list[bytes]) -> list[bytes]:
