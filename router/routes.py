@@ -390,18 +390,20 @@ class SplitGet(_Split):
             err = first_error(parts)
             if err is not None:
                 return err
+            reader = hiredis.Reader()  # values are bulks or nulls: C parses them fastest
+            reader.feed(b"".join(parts))
             values = {}
-            for node, part in zip(nodes, parts, strict=True):
-                reader = hiredis.Reader()  # values are bulks or nulls: C parses them fastest
-                reader.feed(part)
+            for node in nodes:
                 items = reader.gets()
                 if type(items) is not list:
                     return resp.error("ERR ringleader: unexpected reply to a split MGET")
                 values[node] = iter(items)
+            merged = [next(values[node]) for node in order]
+            if None not in merged:  # every key exists: hiredis encodes the array in C
+                return hiredis.pack_command(tuple(merged))
             null = resp.NULL3 if proto == 3 else resp.NULL2
             out = [b"*%d\r\n" % len(order)]
-            for node in order:
-                value = next(values[node])
+            for value in merged:
                 out.append(null if value is None else b"$%d\r\n%s\r\n" % (len(value), value))
             return b"".join(out)
 

@@ -509,7 +509,30 @@ class ClientSession:
 
     def _run(self, requests: list[list[bytes]]) -> None:
         server = self.server
-        dispatch = server.routes.dispatch
+        pending = self.pending
+        if self.plain and not self.closing and len(pending) + len(requests) <= self.max_pending:
+            # the common case, kept tight: every request straight to its route
+            server.commands_total += len(requests)
+            routes = server.routes
+            fast = routes._fast
+            resolve = routes.resolve
+            for args in requests:
+                try:
+                    (fast.get(args[0]) or resolve(args)).serve(args, self)
+                except Exception as exc:  # a bad request or a bug must not take others down
+                    self._failed(args, exc)
+                if self.closing:  # QUIT, or a protocol error
+                    break
+        else:
+            self._run_carefully(requests)
+        self.last_active = time.monotonic()
+        self.last_request = requests[-1]
+        if self.closing:
+            self.stop_reading()
+
+    def _run_carefully(self, requests: list[list[bytes]]) -> None:
+        """Requests while logging in, in a transaction, subscribed, or near max_pending."""
+        server = self.server
         pending = self.pending
         limit = self.max_pending
         for index, args in enumerate(requests):
@@ -520,24 +543,23 @@ class ClientSession:
                 self._pause()
                 break
             server.commands_total += 1
-            if not args:
-                continue
             try:
                 if self.plain:
-                    dispatch(args, self)
+                    server.routes.dispatch(args, self)
                 else:
                     self._dispatch_special(args)
             except Exception as exc:  # a bad request or a bug must not take others down
-                if any(type(a) is not bytes for a in args):
-                    self.reply(resp.error("ERR Protocol error: expected '$', got something else"))
-                    self.stop_reading()
-                else:
-                    log.exception("error serving %r", args[:2])
-                    self.reply(resp.error(f"ERR ringleader internal error: {exc}"))
-        self.last_active = time.monotonic()
-        self.last_request = requests[-1]
-        if self.closing:
+                self._failed(args, exc)
+
+    def _failed(self, args: list[bytes], exc: Exception) -> None:
+        if not args:  # an empty multibulk: Redis ignores it
+            return
+        if any(type(a) is not bytes for a in args):
+            self.reply(resp.error("ERR Protocol error: expected '$', got something else"))
             self.stop_reading()
+        else:
+            log.exception("error serving %r", args[:2])
+            self.reply(resp.error(f"ERR ringleader internal error: {exc}"))
 
     def _pause(self) -> None:
         if self.reading:
