@@ -168,6 +168,9 @@ class TopologyManager:
 
     async def _commit(self, new: Topology) -> None:
         """Write ``new`` (compare-and-set on the epoch) and apply it here."""
+        if self.store is None and self.server.config.workers > 1:
+            raise AdminError("ERR ringleader: with several workers, topology changes need a "
+                             "state directory they all follow (--state-dir)")
         if self.store is not None:
             expected = self.topology.epoch
             ok = await trio.to_thread.run_sync(self.store.compare_and_set, expected, new)
