@@ -516,12 +516,17 @@ class ClientSession:
             routes = server.routes
             fast = routes._fast
             resolve = routes.resolve
-            for args in requests:
+            for index, args in enumerate(requests):
                 try:
                     (fast.get(args[0]) or resolve(args)).serve(args, self)
                 except Exception as exc:  # a bad request or a bug must not take others down
                     self._failed(args, exc)
-                if self.closing:  # QUIT, or a protocol error
+                if not self.plain or self.closing:
+                    # MULTI, SUBSCRIBE, RESET...: the rest of the batch needs the checks
+                    rest = requests[index + 1:]
+                    if rest:
+                        server.commands_total -= len(rest)
+                        self._run_carefully(rest)
                     break
         else:
             self._run_carefully(requests)

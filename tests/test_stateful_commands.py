@@ -160,7 +160,7 @@ def test_client_disconnect_releases_its_blocked_node_connection(proxy, nodes):
     assert total_blocked in (0, 1)
 
 
-def test_xread_block_waits_for_an_entry(proxy):
+def test_xread_block_waits_for_an_entry(proxy, nodes):
     from test_proxy_failures import eventually
 
     reader = proxy.client(socket_timeout=60)
@@ -169,7 +169,9 @@ def test_xread_block_waits_for_an_entry(proxy):
     thread = threading.Thread(
         target=lambda: got.setdefault("r", reader.xread({"events": "$"}, block=30_000)))
     thread.start()
-    eventually(lambda: writer.info("clients")["blocked_clients"] == 1, what="xread blocked")
+    # wait on the node itself: "$" means entries added after the node has the XREAD
+    eventually(lambda: sum(direct(n).info("clients")["blocked_clients"] for n in nodes) == 1,
+               what="xread blocked on its node")
     writer.xadd("events", {"kind": "login"})
     thread.join(30)
     entries = got["r"]
