@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     pr = p.add_argument_group("--profile")
     pr.add_argument("--profile-seconds", type=float, default=None, help="default 10 (quick: 3)")
+    pr.add_argument("--profile-workload", default=None,
+                    help="profile under one table row (get1, mget10...) instead of SET/GET P16")
     pr.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
     pr.add_argument("--top", type=int, default=25)
 
@@ -229,6 +231,7 @@ def main_profile(args: argparse.Namespace) -> int:
         seconds=args.profile_seconds or (3.0 if args.quick else 10.0),
         profiler=args.profiler, workers=args.workers,
         ringleader_args=tuple(shlex.split(args.ringleader_args)), top=args.top,
+        workload=args.profile_workload,
         output_dir=args.results_dir if (args.save or not args.quick) else Path(tempfile.gettempdir()),
     )
     print(run_profile(options, stamp))

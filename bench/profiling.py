@@ -23,6 +23,7 @@ from pathlib import Path
 
 from backends.local_nodes import HOST, find_binary
 from bench import systems as sysmod
+from bench.results import default_workloads
 from bench.skewed import commandstats, load_calls
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -138,15 +139,35 @@ class ProfileOptions:
     pipeline: int = 16
     keyspace: int = 100_000
     output_dir: Path = Path("bench/results")
+    #: A row of the table (``mget10``, ``get1``...) to load instead of SET/GET at ``pipeline``.
+    workload: str | None = None
 
 
 def _load(binary: str, system: sysmod.System, options: ProfileOptions) -> subprocess.Popen:
-    """redis-benchmark looping SET and GET at depth ``pipeline`` until stopped."""
+    """redis-benchmark looping SET and GET at depth ``pipeline`` (or one table row) until
+    stopped."""
     argv = [binary, "-h", HOST, "-p", str(system.port), "-c", str(options.clients),
-            "-r", str(options.keyspace), "-d", "64", "-P", str(options.pipeline),
-            "-t", "set,get", "-l", "-q"]
+            "-r", str(options.keyspace), "-d", "64", "-l", "-q"]
+    if options.workload is None:
+        argv += ["-P", str(options.pipeline), "-t", "set,get"]
+    else:
+        argv += list(workload_named(options.workload).args)
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+def workload_named(key: str):
+    for workload in default_workloads():
+        if workload.key == key:
+            return workload
+    raise ValueError(f"no workload {key!r}: one of "
+                     f"{', '.join(w.key for w in default_workloads())}")
+
+
+def _load_name(options: ProfileOptions) -> str:
+    if options.workload is None:
+        return f"SET/GET depth {options.pipeline}"
+    return workload_named(options.workload).name
 
 
 def _rate(node_addresses: list[str], before: list[dict], seconds: float) -> float:
@@ -211,8 +232,8 @@ def _with_pyspy(pyspy: str, bench_binary: str, node_list, addresses: list[str], 
         return None
     self_counts, total_counts, samples = parse_pyspy_raw(raw.read_text(errors="replace"))
     rows = top_frames(self_counts, total_counts, samples, options.top)
-    header = (f"ringleader under redis-benchmark SET/GET, {options.clients} clients, depth "
-              f"{options.pipeline}: {rate:,.0f} ops/s at the nodes while sampled; proxy CPU "
+    header = (f"ringleader under redis-benchmark {_load_name(options)}, {options.clients} "
+              f"clients: {rate:,.0f} ops/s at the nodes while sampled; proxy CPU "
               f"{cpu / elapsed:.0%} of a core; {samples:,} py-spy samples (non-idle) over "
               f"{elapsed:.1f} s\nraw stacks (flamegraph.pl input): {raw}\n"
               f"top {len(rows)} functions by self time:")
@@ -248,7 +269,7 @@ def _with_cprofile(bench_binary: str, node_list, addresses: list[str], workdir: 
     self_costs, total_costs, overall = pstats_costs(stats.stats)  # type: ignore[attr-defined]
     rows = top_frames(self_costs, total_costs, overall, options.top)
     header = (f"ringleader under cProfile (slows Python code; read shares, not absolutes), "
-              f"redis-benchmark SET/GET depth {options.pipeline}: {rate:,.0f} ops/s at the "
+              f"redis-benchmark {_load_name(options)}: {rate:,.0f} ops/s at the "
               f"nodes\nstats file: {out} (python -m pstats {out})\n"
               f"top {len(rows)} functions by self time:")
     return header + "\n" + format_top(rows, "s")

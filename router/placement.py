@@ -60,8 +60,18 @@ def _compile(hash_fn: Callable[[bytes], int], distribution: Distribution,
         return lambda key: lookup(hash_fn(hashed_part(key, opening, closing)))
     tokens = distribution.tokens
     owners = [*distribution.owners, distribution.owners[0]]  # past the last token: wrap
+    table, shift = bucket_table(tokens, owners)
+
+    def ring(key: bytes) -> int:
+        h = hash_fn(key)
+        try:
+            owner = table[h >> shift]
+        except IndexError:  # a hash beyond the last token's width: the table does not reach
+            owner = None
+        return owners[bisect_left(tokens, h)] if owner is None else owner
+
     if tag is None:
-        return lambda key: owners[bisect_left(tokens, hash_fn(key))]
+        return ring
 
     def ring_tagged(key: bytes) -> int:
         # hashed_part() inlined: this runs for every key of every request
@@ -70,6 +80,40 @@ def _compile(hash_fn: Callable[[bytes], int], distribution: Distribution,
             end = key.find(closing, start + 1)
             if end > start + 1:
                 key = key[start + 1:end]
-        return owners[bisect_left(tokens, hash_fn(key))]
+        h = hash_fn(key)
+        try:
+            owner = table[h >> shift]
+        except IndexError:
+            owner = None
+        return owners[bisect_left(tokens, h)] if owner is None else owner
 
     return ring_tagged
+
+
+#: At most 2**16 buckets (512 KB of pointers): about 4 buckets per token for the default ring.
+MAX_TABLE_BITS = 16
+
+
+def bucket_table(tokens: list[int], owners: list[int]) -> tuple[list[int | None], int]:
+    """The owner of every bucket of the hash space that no token cuts (None where one does).
+
+    A bisect over thousands of tokens is a dozen comparisons of big ints scattered in memory;
+    one list index by the hash's top bits answers most keys, and only keys in the few buckets a
+    token cuts fall back to the bisect. ``owners`` has one extra entry for hashes past the last
+    token. Bucket ``b`` holds hashes ``[b << shift, (b + 1) << shift)``; the width is the last
+    token's, so a larger hash (outside every bucket) also falls back.
+    """
+    bits = min(MAX_TABLE_BITS, max(4, (4 * len(tokens)).bit_length()))
+    width = max(tokens[-1].bit_length(), bits)
+    shift = width - bits
+    table: list[int | None] = [None] * (1 << bits)
+    i, n = 0, len(tokens)
+    step = 1 << shift
+    for b in range(1 << bits):
+        lo = b << shift
+        while i < n and tokens[i] < lo:
+            i += 1
+        # every hash in [lo, lo + step) bisects to i unless a token lies in [lo, lo + step - 1)
+        if i >= n or tokens[i] >= lo + step - 1:
+            table[b] = owners[i]
+    return table, shift

@@ -249,3 +249,28 @@ def test_pstats_costs() -> None:
     top = top_frames(self_costs, total_costs, overall, limit=1)
     assert top[0].frame.startswith("<method 'send'")
     assert top[0].self_share == pytest.approx(0.75)
+
+
+def test_hotkeys_overhead_rows_are_medians_per_proxy_and_their_ratio():
+    from bench.hotkeys_overhead import HOT, PLAIN, render
+    from bench.hotkeys_overhead import summarize as summarize_overhead
+
+    runs = [Run(PLAIN, "GET P1", 0, 1000, 100.0, 1.0, cpu_s=0.01),
+            Run(PLAIN, "GET P1", 1, 1000, 120.0, 1.0, cpu_s=0.03),
+            Run(PLAIN, "GET P1", 2, 1000, 110.0, 1.0, cpu_s=0.02),
+            Run(HOT, "GET P1", 0, 1000, 99.0, 1.0),
+            Run(HOT, "GET P1", 1, 1000, 0.0, 1.0, error="refused"),  # errors left out
+            Run(HOT, "GET P1", 2, 1000, 105.0, 1.0)]
+    (row,) = summarize_overhead(runs, ["GET P1", "SET P1"])  # SET P1 has no runs: no row
+    assert (row.plain_rps, row.hot_rps, row.runs) == (110.0, 102.0, 2)
+    assert row.ratio == pytest.approx(102 / 110)
+    assert row.plain_cpu_us == pytest.approx(20.0) and row.hot_cpu_us is None
+    assert "| GET P1 | 110 | 102 | 0.927 | 20.00 / - |" in render([row])
+
+
+def test_profile_can_load_any_table_row():
+    from bench.profiling import workload_named
+
+    assert workload_named("mget10").name == "MGET10 P1"
+    with pytest.raises(ValueError, match="get16"):
+        workload_named("nope")

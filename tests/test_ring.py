@@ -128,3 +128,33 @@ def test_node_parsing_rejects_bad_addresses():
 def test_duplicate_nodes_are_a_config_error():
     with pytest.raises(ConfigError):
         from_node_list("127.0.0.1:1,127.0.0.1:1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=(1 << 20) - 1), min_size=1, max_size=60,
+                unique=True),
+       st.lists(st.integers(min_value=0, max_value=(1 << 21)), min_size=1, max_size=50))
+def test_bucket_table_answers_exactly_as_the_bisect(tokens, hashes):
+    from bisect import bisect_left
+
+    from router.placement import bucket_table
+
+    tokens.sort()
+    owners = [i % 5 - 2 for i in range(len(tokens))]  # negative codes too (moving arcs)
+    owners.append(owners[0])
+    table, shift = bucket_table(tokens, owners)
+    # every bucket edge, plus hashes past the last token's width
+    probes = [*hashes, *tokens, *(t - 1 for t in tokens if t), *(t + 1 for t in tokens)]
+    for h in probes:
+        expected = owners[bisect_left(tokens, h)]
+        bucket = h >> shift
+        got = table[bucket] if bucket < len(table) else None
+        assert got is None or got == expected, (h, tokens)
+
+
+def test_placement_with_the_bucket_table_matches_the_ring_lookup():
+    placement = from_node_list("127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003").placement()
+    ring = placement.distribution
+    for i in range(20_000):
+        key = b"key:%d" % i
+        assert placement.node_index(key) == ring.lookup(xxh3_64(key))
