@@ -4,9 +4,9 @@
 - ``replicate``: copies of a hot read key on other nodes, reads spread over the owner and
   the copies; a write drops the copies first (reads go back to the owner at once), and they
   are made again at the next window if the key is still hot;
-- ``split``: a string counter (INCR family) spread over sub-keys on several nodes (opt-in:
-  a read of the sum is not atomic; an INCR replies the total as this proxy last saw each
-  part);
+- ``split``: a counter (a string used with the INCR family, or a hash used with HINCRBY /
+  HINCRBYFLOAT) spread over sub-keys on several nodes (opt-in: a read of the sum is not
+  atomic; an increment replies the total as this proxy last saw each part);
 - ``none``: detected and reported only.
 """
 

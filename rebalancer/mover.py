@@ -6,6 +6,12 @@ move-then-serve), so clients and the mover never disagree about where a key is: 
 either still on the source (and whoever touches it first moves it) or already on the target.
 A pass that finds no key of the arcs left ends the migration. A crash loses nothing: the
 source stays authoritative for keys not yet moved, and the next mover starts a new pass.
+
+The proxy's own keys (hotkeys/reserved.py) are not all data: copies of replicated hot keys
+and each node's registry of reserved keys stay where they are (copies are read on the node
+they were made on; moving a registry would overwrite the target's). Parts of split counters
+hold increments found nowhere else, so they move, and are registered on the target first so
+that DBSIZE through the proxy keeps leaving them out.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import trio
 
 from backends.client import CommandError, NodeClient
 from backends.migrating import migrate_head
+from hotkeys.reserved import REGISTRY, moves_with_its_arc
+from hotkeys.splitting import SUB_PREFIX
 from router.nodes import NodeSpec
 
 log = logging.getLogger("ringleader.mover")
@@ -98,6 +106,12 @@ async def move_arcs(*, progress: MoveProgress, source: NodeSpec, target: NodeSpe
     started = time.monotonic()
     head: list[object] = migrate_head(target, db=db, timeout_ms=settings.migrate_timeout_ms,
                                       username=username, password=password)
+
+    async def register_on_target(names: list[bytes]) -> None:
+        async with await NodeClient.connect(target, username=username, password=password,
+                                            db=db) as client:
+            await client.call("SADD", REGISTRY, *names)
+
     while True:
         try:
             async with await NodeClient.connect(source, username=username, password=password,
@@ -106,7 +120,8 @@ async def move_arcs(*, progress: MoveProgress, source: NodeSpec, target: NodeSpe
                 while True:
                     stuck_before = progress.errors
                     found = await _one_pass(client, progress, belongs, head, settings,
-                                            keys_throttle, bytes_throttle, started, checkpoint)
+                                            keys_throttle, bytes_throttle, started, checkpoint,
+                                            register_on_target)
                     progress.passes += 1
                     if found == 0:
                         progress.remaining_estimate = 0
@@ -125,7 +140,7 @@ async def move_arcs(*, progress: MoveProgress, source: NodeSpec, target: NodeSpe
 
 async def _one_pass(client: NodeClient, progress: MoveProgress, belongs, head: list[object],
                     settings: MoveSettings, keys_throttle: Throttle, bytes_throttle: Throttle,
-                    started: float, checkpoint) -> int:
+                    started: float, checkpoint, register_on_target) -> int:
     """One full SCAN of the source; returns how many keys of the arcs it found (and moved)."""
     cursor = b"0"
     found = 0
@@ -133,9 +148,12 @@ async def _one_pass(client: NodeClient, progress: MoveProgress, belongs, head: l
     while True:
         cursor, keys = await client.call("SCAN", cursor, "COUNT", settings.scan_count)
         progress.scanned += len(keys)
-        mine = [k for k in keys if belongs(k)]
+        mine = [k for k in keys if belongs(k) and moves_with_its_arc(k)]
         for i in range(0, len(mine), settings.batch):
             batch = mine[i:i + settings.batch]
+            parts = [k for k in batch if k.startswith(SUB_PREFIX)]
+            if parts:
+                await register_on_target(parts)
             if settings.bytes_per_sec > 0:
                 sizes = await client.pipeline([("MEMORY", "USAGE", k) for k in batch])
                 await bytes_throttle.spend(sum(s for s in sizes if isinstance(s, int)))

@@ -17,23 +17,26 @@ from collections import deque
 import hiredis
 import trio
 
+from backends.client import CommandError
 from backends.node import UP
 from hotkeys.cache import NearCache
 from hotkeys.copies import CopySet, copy_key
 from hotkeys.detector import HotKeyDetector
+from hotkeys.reserved import REGISTRY
 from hotkeys.rules import HotKeyRules, HotKeySettings
 from hotkeys.splitting import (
+    ADD_SCRIPT,
     INCREMENTS,
     SUB_PREFIX,
-    SUMMED_READS,
+    TAKE_SCRIPT,
     SplitCounter,
-    any_part,
-    encode_number,
-    first_part,
+    failed_amounts,
+    is_number,
     node_tags,
     original_of,
+    plan_key_counts,
     sub_key,
-    sum_parts,
+    taken_amounts,
 )
 
 from . import resp
@@ -43,6 +46,12 @@ log = logging.getLogger("ringleader.hotkeys")
 #: Registered prefixes per tracking connection before it is reset (prefixes for keys that
 #: cooled are not removable one by one).
 MAX_PREFIXES = 1024
+
+
+def raise_first_error(replies: list[object]) -> None:
+    for reply in replies:
+        if isinstance(reply, CommandError):
+            raise reply
 
 
 class HotKeyService:
@@ -163,13 +172,17 @@ class HotKeyService:
                 dumped, expires = await client.pipeline([("DUMP", copies.key),
                                                          ("PEXPIRETIME", copies.key)])
             for node, name in copies.copies:
+                # registered before it exists, so DBSIZE never counts it (hotkeys/reserved.py)
+                if dumped is None or not isinstance(dumped, bytes):
+                    commands = [("DEL", name), ("SREM", REGISTRY, name)]  # no key: no copies
+                elif isinstance(expires, int) and expires > 0:
+                    commands = [("SADD", REGISTRY, name),
+                                ("RESTORE", name, expires, dumped, "REPLACE", "ABSTTL")]
+                else:
+                    commands = [("SADD", REGISTRY, name),
+                                ("RESTORE", name, 0, dumped, "REPLACE")]
                 async with await self._client(node) as client:
-                    if dumped is None or not isinstance(dumped, bytes):
-                        await client.call("DEL", name)  # no key: the copies say so too
-                    elif isinstance(expires, int) and expires > 0:
-                        await client.call("RESTORE", name, expires, dumped, "REPLACE", "ABSTTL")
-                    else:
-                        await client.call("RESTORE", name, 0, dumped, "REPLACE")
+                    raise_first_error(await client.pipeline(commands))
             # serve from the copies only if nothing was written since the DUMP
             if copies.version == version and self.copies.get(copies.key) is copies:
                 copies.active = True
@@ -181,8 +194,9 @@ class HotKeyService:
     async def _drop_copies(self, copies: CopySet) -> None:
         for node, name in copies.copies:
             try:
-                async with await self._client(node) as client:
-                    await client.call("DEL", name)
+                async with await self._client(node) as client:  # unregistered once gone
+                    raise_first_error(await client.pipeline([("DEL", name),
+                                                             ("SREM", REGISTRY, name)]))
             except Exception as exc:
                 log.warning("dropping copy %r: %s", name[:64], exc)
 
@@ -220,23 +234,41 @@ class HotKeyService:
                                                len(self.server.topology.shards)))
         return self._tags[1]
 
-    async def _start_split(self, key: bytes, parts: int) -> None:
+    async def _start_split(self, key: bytes, count: int) -> None:
         placement = self.server.placement
         owner = placement.node_index(key)
         if owner < 0:
             return
         tags = self._node_tags()
-        others = [node for node in sorted(tags) if node != owner][:max(parts - 1, 0)]
+        others = [node for node in sorted(tags) if node != owner][:max(count - 1, 0)]
         if not others:
             return
-        counter = SplitCounter(key, [(owner, key)] + [(n, sub_key(tags[n], key)) for n in others])
+        parts = [(owner, key)] + [(n, sub_key(tags[n], key)) for n in others]
         try:
             async with await self._client(owner) as client:
-                value = await client.call("GET", key)
-            if value is not None:
-                counter.record(0, resp.bulk(value))
-        except Exception as exc:  # WRONGTYPE, node down: not a string counter, leave it
+                kind, value, fields = await client.pipeline([("TYPE", key), ("GET", key),
+                                                             ("HGETALL", key)])
+        except Exception as exc:  # node down: leave it
             log.info("not splitting %r: %s", key[:64], exc)
+            return
+        if kind in (b"string", b"none"):  # none: a counter made by its next increment
+            if isinstance(value, bytes) and not is_number(value):
+                log.info("not splitting %r: it holds a string that is not a number", key[:64])
+                return
+            counter = SplitCounter(key, parts, "string")
+            if isinstance(value, bytes):
+                counter.record(0, resp.bulk(value))
+        elif kind == b"hash" and isinstance(fields, list):
+            counter = SplitCounter(key, parts, "hash")
+            for i in range(0, len(fields) - 1, 2):
+                counter.record(0, resp.bulk(fields[i + 1]), fields[i])
+        else:
+            log.info("not splitting %r: it holds a %s, not a counter", key[:64], kind)
+            return
+        try:  # parts are registered before any increment can create them
+            await self._register(counter.parts[1:])
+        except Exception as exc:
+            log.warning("not splitting %r: registering its parts: %s", key[:64], exc)
             return
         self.split[key] = counter
         log.info("split counter %r over %d nodes", key[:64], len(counter.parts))
@@ -247,19 +279,41 @@ class HotKeyService:
             await trio.sleep(0.01)
         try:
             for node, name in counter.parts[1:]:
-                await self._fold(node, name, counter.key)
+                try:
+                    await self._fold(node, name, counter.key)
+                except Exception as exc:  # left on its node: the next start folds it
+                    log.warning("folding %r back: %s", name[:64], exc)
         finally:
             self.merging.pop(counter.key, None)
 
+    async def _register(self, names: list[tuple[int, bytes]]) -> None:
+        """Add reserved keys to their nodes' registries (before the keys exist)."""
+        for node, name in names:
+            async with await self._client(node) as client:
+                await client.call("SADD", REGISTRY, name)
+
     async def _fold(self, node: int, sub: bytes, original: bytes) -> None:
+        """Fold one part into its key: taken from its node in one step (read, deleted,
+        unregistered), then added to the key. What the key cannot take (it holds something
+        else by now) is put back into the part, logged, rather than lost."""
+        while (owner := self.server.placement.node_index(original)) < 0:
+            await trio.sleep(0.1)  # the key's arc is moving: add to it once it has landed
         async with await self._client(node) as client:
-            value = await client.call("GETDEL", sub)
-        if value is None:
+            kind, amounts = taken_amounts(await client.call("EVAL", TAKE_SCRIPT, 2, sub,
+                                                            REGISTRY))
+        if not amounts:
+            if kind not in ("string", "hash", "none"):
+                log.warning("counter part %r holds a %s: not folded", sub[:64], kind)
             return
-        owner = self.server.placement.node_index(original)
-        command = "INCRBYFLOAT" if any(c in value for c in b".eE") else "INCRBY"
         async with await self._client(owner) as client:
-            await client.call(command, original, value)
+            reply = await client.pipeline([("EVAL", ADD_SCRIPT, 1, original, kind, *amounts)])
+        left = amounts if isinstance(reply[0], CommandError) else failed_amounts(kind, reply[0])
+        if left:
+            log.error("counter %r cannot take back %r from its part %r (%s); the part keeps "
+                      "them", original[:64], left, sub[:64], reply[0])
+            await self._register([(node, sub)])
+            async with await self._client(node) as client:
+                await client.call("EVAL", ADD_SCRIPT, 1, sub, kind, *left)
 
     async def fold_leftovers(self) -> None:
         """Sub-keys a stopped proxy left behind are folded into their keys (safe while
@@ -294,34 +348,35 @@ class HotKeyService:
         merging = counter is None
         if merging:
             counter = self.merging.get(key)
-            if counter is None or name in INCREMENTS:
-                return False  # while merging, increments go to the key itself
-        if name in INCREMENTS:
-            index = counter.pick()
-            node, part = counter.parts[index]
-            counter.outstanding += 1
-            self.split_increments += 1
-
-            def reply(parts: list[bytes], proto: int) -> bytes:
-                counter.outstanding -= 1
-                if parts[0][:1] in (b"-", b"!"):
-                    return parts[0]
-                counter.record(index, parts[0])
-                return encode_number(counter.total(), parts[0], proto)
-
-            sink.fanout([(node, [args[0], part, *args[2:]])], reply)
+            if counter is None:
+                return False
+        planned = counter.plan(name, args, merging)
+        if planned is None:
+            return False  # while merging, increments go to the key itself
+        if isinstance(planned, bytes):
+            sink.reply(planned)
             return True
-        calls = [(node, [args[0], part, *args[2:]]) for node, part in counter.parts]
-        if name in SUMMED_READS:
-            def merge(parts: list[bytes], proto: int) -> bytes:
-                for index, raw in enumerate(parts):
-                    if raw[:1] not in (b"-", b"!"):
-                        counter.record(index, raw)
-                return sum_parts(parts, proto)
-        elif name in ("del", "unlink", "exists"):
-            merge = any_part
-        else:
-            merge = first_part
+        calls, merge = planned
+        if name in INCREMENTS:
+            self.split_increments += 1
+        sink.fanout(calls, merge)
+        return True
+
+    def serve_split_keys(self, args: list[bytes], sink) -> bool:
+        """DEL / UNLINK / EXISTS / TOUCH naming a split (or merging) counter: every part of it
+        is deleted or looked at, so a deleted counter does not live on in its parts. False
+        when no key of the request is split (the plain route serves)."""
+        counters = {}
+        for key in args[1:]:
+            counter = self.split.get(key) or self.merging.get(key)
+            if counter is not None:
+                counters[key] = counter
+        if not counters:
+            return False
+        if args[0].lower() in (b"del", b"unlink"):
+            for counter in counters.values():
+                counter.forget()
+        calls, merge = plan_key_counts(args, counters, self.server.placement.node_index)
         sink.fanout(calls, merge)
         return True
 
@@ -420,8 +475,8 @@ class HotKeyService:
                               if copies else "replicate (no other node)")
             if mitigation == "split":
                 counter = self.split.get(hot.key)
-                mitigation = (f"split over {len(counter.parts)} nodes" if counter
-                              else "split (not a string counter)")
+                mitigation = (f"split over {len(counter.parts)} nodes ({counter.kind})"
+                              if counter else "split (not a counter)")
             rows.append({"key": hot.key, "ops_per_sec": round(hot.ops_per_sec, 1),
                          "node": labels[node] if node >= 0 else "migrating",
                          "mitigation": mitigation})

@@ -100,6 +100,27 @@ def serve_cached(service, key: bytes, args: list[bytes], sink: Sink, node_of) ->
     sink.forward_observed(node_of(key), args, store)
 
 
+class HotKeyCount(Route):
+    """DEL, UNLINK, EXISTS, TOUCH: a split counter among the keys is served over all its
+    parts (router/hot.py ``serve_split_keys``); otherwise the plain split-per-node route."""
+
+    __slots__ = ("inner", "service")
+
+    def __init__(self, inner: Route, service) -> None:
+        super().__init__(inner.name, inner.arity)
+        self.inner = inner
+        self.service = service
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        service = self.service
+        if (service.split or service.merging) and service.serve_split_keys(args, sink):
+            return
+        self.inner.serve(args, sink)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}; split counters over all their parts"
+
+
 class HotRead(Route):
     __slots__ = ("inner", "service", "pos", "node_of")
 

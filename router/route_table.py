@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hotkeys.splitting import KEY_COUNTS
+
 from . import local
 from .commands import CommandTable, unknown_command_error, unknown_subcommand_error
-from .hotroutes import HotRead, HotReadKey, HotWrite, HotWriteKey
+from .hotroutes import HotKeyCount, HotRead, HotReadKey, HotWrite, HotWriteKey
 from .placement import Placement
 from .routes import (
     AllNodes,
     Blocking,
     Channel,
+    DbSize,
     FirstNode,
     Local,
     PolicyKey,
@@ -98,7 +101,7 @@ NOT_YET = {
 
 #: Keyless commands every node runs, and how their replies combine.
 ALL_NODES: dict[str, tuple] = {
-    "dbsize": (merge_sum, "counts summed"),
+    "dbsize": (merge_sum, "counts summed"),  # served by DbSize
     "keys": (merge_concat, "keys concatenated"),
     "flushdb": (merge_all_ok, "OK when all are"),
     "flushall": (merge_all_ok, "OK when all are"),
@@ -231,6 +234,8 @@ class RouteTable:
         if self.hot is None or not spec.has_keys or isinstance(route, Refuse | Local):
             return route
         mode = policy_mode(spec)
+        if spec.name in KEY_COUNTS:  # DEL, EXISTS...: split counters over all their parts
+            route = HotKeyCount(route, self.hot)
         plain = type(route) is SingleKey
         if mode == "read" and plain:
             return HotReadKey(route, self.hot)
@@ -268,6 +273,8 @@ class RouteTable:
             if name in ("flushdb", "flushall") and not self.options.allow_flush:
                 return Refuse(name, arity, f"ERR ringleader: '{shown}' is disabled by the "
                               "operator (allow_flush = false)")
+            if name == "dbsize":
+                return DbSize(name, arity, len(self.labels))
             merge, how = ALL_NODES[name]
             return AllNodes(name, arity, len(self.labels), merge, how)
         top = name.split("|")[0]

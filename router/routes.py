@@ -13,8 +13,7 @@ from typing import Protocol
 
 import hiredis
 
-from hotkeys.copies import COPY_PREFIX
-from hotkeys.splitting import SUB_PREFIX
+from hotkeys.reserved import RESERVED, dbsize_call
 
 from . import resp
 from .commands import CommandError
@@ -464,12 +463,25 @@ class AllNodes(Route):
         return f"every node, {self.how}"
 
 
-#: Keys the proxy keeps for itself (parts of split counters, copies of replicated hot keys):
-#: not shown by SCAN or KEYS.
-RESERVED = (SUB_PREFIX, COPY_PREFIX)
+class DbSize(AllNodes):
+    """DBSIZE: every node counts its keys less the proxy's own (copies of replicated hot
+    keys, parts of split counters, the registry naming them), with a read-only script
+    (hotkeys/reserved.py), so a hot key's mitigation does not change what clients count."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str, arity: int, count: int) -> None:
+        super().__init__(name, arity, count, merge_sum,
+                         "counts summed, the proxy's own keys left out")
+
+    def run(self, args: list[bytes], sink: Sink) -> None:
+        sink.fanout([(node, dbsize_call()) for node in range(self.count)], self.merge)
 
 
 def visible(items: list[bytes]) -> list[bytes]:
+    """``items`` without the keys the proxy keeps for itself (parts of split counters,
+    copies of replicated hot keys, each node's registry of them: hotkeys/reserved.py), which
+    SCAN and KEYS do not show."""
     return [item for item in items if not any(r in item[:32] for r in RESERVED)]
 
 

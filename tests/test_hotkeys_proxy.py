@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from helpers import direct
+from test_proxy_failures import eventually
 
 from hotkeys.cache import NearCache
+from hotkeys.reserved import REGISTRY
 from router.config import from_node_list
 
 HOT_CONFIG = """
@@ -188,16 +191,29 @@ def incrs(node) -> int:
     return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("incr", "incrby"))
 
 
-def wait_split(client, key: str) -> None:
+def is_split(client, key: str) -> bool:
+    rows = [v for k, v in client.info("hotkeys").items() if isinstance(v, dict)]
+    return any(r.get("key") == key and str(r.get("mitigation", "")).startswith("split over")
+               for r in rows)
+
+
+def wait_split(client, key: str, bump=None) -> None:
+    """Increment ``key`` (``bump()``, INCR by default) until the proxy splits it."""
     end = time.monotonic() + 15
     while time.monotonic() < end:
         for _ in range(100):
-            client.incr(key)
-        rows = [v for k, v in client.info("hotkeys").items() if isinstance(v, dict)]
-        if any(r.get("key") == key and str(r.get("mitigation", "")).startswith("split over")
-               for r in rows):
+            if bump is None:
+                client.incr(key)
+            else:
+                bump()
+        if is_split(client, key):
             return
     raise AssertionError(f"{key} was never split: {client.info('hotkeys')}")
+
+
+def parts_on(nodes) -> list[bytes]:
+    """The split counters' parts, as the nodes hold them."""
+    return [k for n in nodes for k in direct(n).keys("{rlsplit-*")]
 
 
 def test_a_split_counter_spreads_increments_and_sums_exactly(split_proxy, nodes):
@@ -236,8 +252,156 @@ def test_a_split_counter_is_folded_back_when_it_cools(split_proxy, nodes):
             break
         time.sleep(0.05)
     assert sum(len(direct(n).keys("{rlsplit-*")) for n in nodes) == 0
+    assert not any(direct(n).smembers(REGISTRY) for n in nodes)  # unregistered as folded
     owner_value = sum(int(direct(n).get("counter:cooling") or 0) for n in nodes)
     assert owner_value == total
+
+
+def test_dbsize_counts_the_users_keys_only_while_a_counter_is_split(split_proxy, nodes):
+    client = split_proxy.client()
+    client.mset({f"plain:{i}": i for i in range(50)})
+    wait_split(client, "counter:sized")
+
+    def both_parts_on_the_nodes() -> bool:
+        client.incr("counter:sized")  # each part gets increments in turn, creating it
+        return len([k for n in nodes for k in direct(n).keys("{rlsplit-*")]) == 2
+
+    eventually(both_parts_on_the_nodes, what="both parts on their nodes")
+    assert sum(direct(n).dbsize() for n in nodes) > 51  # parts and registries are there...
+    assert client.dbsize() == 51  # ...but only the 50 keys and the counter are counted
+    assert all(direct(n).scard(REGISTRY) <= 1 for n in nodes)
+
+
+def test_deleting_a_split_counter_deletes_every_part(split_proxy, nodes):
+    client = split_proxy.client()
+    client.set("plain", 1)
+    wait_split(client, "counter:gone")
+    hashed = "counter:hgone"
+    wait_split(client, hashed, lambda: client.hincrby(hashed, "n", 1))
+
+    def all_parts_made() -> bool:
+        client.incr("counter:gone")
+        client.hincrby(hashed, "n", 1)
+        return len(parts_on(nodes)) == 4
+
+    eventually(all_parts_made, what="the parts of both counters on the nodes")
+    assert client.exists("counter:gone", hashed, "plain", "missing") == 3
+    assert client.delete("counter:gone", "plain", "missing") == 2
+    assert client.unlink(hashed) == 1
+    assert client.get("counter:gone") is None and client.hget(hashed, "n") is None
+    assert client.exists("counter:gone", hashed) == 0
+    assert not parts_on(nodes)
+    assert client.incr("counter:gone") == 1  # counting starts again from nothing
+
+
+def hincrbys(node) -> int:
+    stats = direct(node).info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0)
+               for c in ("hincrby", "hincrbyfloat"))
+
+
+def test_a_split_hash_counter_sums_concurrent_hincrby_exactly(split_proxy, nodes):
+    import threading
+
+    client = split_proxy.client()
+    client.hset("counter:pages", "title", "not a counter")
+    wait_split(client, "counter:pages", lambda: client.hincrby("counter:pages", "home", 1))
+    assert "(hash)" in str(client.info("hotkeys"))
+    base = int(client.hget("counter:pages", "home"))
+    before = [hincrbys(n) for n in nodes]
+
+    def hammer() -> None:
+        mine = split_proxy.client()
+        for _ in range(500):
+            mine.hincrby("counter:pages", "home", 1)
+            mine.hincrby("counter:pages", "about", 2)
+            mine.hincrbyfloat("counter:pages", "seconds", 0.5)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert any(direct(n).type(k) == b"hash" for n in nodes for k in direct(n).keys("{rlsplit-*"))
+    spread = [hincrbys(n) - b for n, b in zip(nodes, before, strict=True)]
+    assert sum(1 for s in spread if s > 500) >= 2, spread  # more than one node took them
+    # every read sums each field over the key and its parts: no increment lost
+    assert int(client.hget("counter:pages", "home")) == base + 2000
+    assert int(client.hget("counter:pages", "about")) == 4000
+    assert float(client.hget("counter:pages", "seconds")) == 1000.0
+    assert client.hget("counter:pages", "missing") is None
+    assert client.hget("counter:pages", "title") == b"not a counter"  # one part: as it is
+    assert client.hmget("counter:pages", ["home", "missing", "about"]) == [
+        str(base + 2000).encode(), None, b"4000"]
+    assert client.hgetall("counter:pages") == {
+        b"title": b"not a counter", b"home": str(base + 2000).encode(), b"about": b"4000",
+        b"seconds": b"1000"}
+    assert client.hlen("counter:pages") == 4
+    assert client.hexists("counter:pages", "about")
+    assert client.dbsize() == 1
+    # writes that would not change the sum the way they mean are refused while it is split
+    with pytest.raises(redis.ResponseError, match="split"):
+        client.hset("counter:pages", "home", 0)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        client.incr("counter:pages")
+
+
+def test_a_split_hash_counter_in_resp3_reads_as_a_map(split_proxy, nodes):
+    client = split_proxy.client(protocol=3)
+    wait_split(client, "counter:r3", lambda: client.hincrby("counter:r3", "n", 1))
+    for _ in range(10):
+        client.hincrby("counter:r3", "n", 1)
+    total = int(client.hget("counter:r3", "n"))
+    assert client.hgetall("counter:r3") == {b"n": str(total).encode()}
+
+
+def test_no_hash_increment_is_lost_while_it_is_split_and_folded_back(split_proxy, nodes):
+    """Four clients increment all along: while the key turns hot and is split, and while it
+    cools (the same increments diluted among reads of other keys) and is folded back."""
+    import threading
+
+    key = "counter:lifecycle"
+    phase = ["hot"]
+    issued = [0] * 4
+    errors: list[Exception] = []
+
+    def client_loop(i: int) -> None:
+        mine = split_proxy.client()
+        try:
+            while phase[0] != "stop":
+                mine.hincrby(key, "hits", 1)
+                mine.hincrbyfloat(key, "seconds", 0.25)
+                issued[i] += 1
+                if phase[0] == "cool":  # the counter's share falls under the threshold
+                    reads = mine.pipeline(transaction=False)
+                    for j in range(80):
+                        reads.get(f"other:{(i * 80 + j) % 997}")
+                    reads.execute()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    client = split_proxy.client()
+    try:
+        eventually(lambda: is_split(client, key) and len(parts_on(nodes)) == 2, timeout=15,
+                   what="the counter split, with both parts made")
+        phase[0] = "cool"
+        eventually(lambda: not is_split(client, key) and not parts_on(nodes)
+                   and key not in str(client.info("hotkeys")), timeout=20,
+                   what="the counter folded back")
+    finally:
+        phase[0] = "stop"
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    total = sum(issued)
+    owner_node = direct(owner(nodes, key))
+    assert not parts_on(nodes) and not any(direct(n).smembers(REGISTRY) for n in nodes)
+    assert int(owner_node.hget(key, "hits")) == total
+    assert float(owner_node.hget(key, "seconds")) == total * 0.25
+    assert int(client.hget(key, "hits")) == total
 
 
 REPLICATE_CONFIG = """
@@ -308,3 +472,29 @@ def test_a_write_on_the_node_stops_stale_copies_from_serving(replicate_proxy, no
         if values == {b"new"}:
             break
         assert time.monotonic() < end, values
+
+
+def test_dbsize_counts_the_users_keys_only_while_a_key_is_replicated(replicate_proxy, nodes):
+    client = replicate_proxy.client()
+    client.mset({f"plain:{i}": i for i in range(50)})
+    client.set("popular:sized", "value")
+    wait_replicated(client, "popular:sized")
+    copies = [k for n in nodes for k in direct(n).keys("{rlcopy-*")]
+    assert len(copies) == 2  # the copies are on the nodes...
+    assert sum(direct(n).dbsize() for n in nodes) > 51
+    assert client.dbsize() == 51  # ...but not counted
+    assert client.dbsize() == len(list(client.scan_iter()))
+
+
+def test_copies_and_their_registration_go_when_the_key_cools(replicate_proxy, nodes):
+    client = replicate_proxy.client()
+    client.set("popular:brief", "value")
+    wait_replicated(client, "popular:brief")
+
+    def gone() -> bool:
+        client.get("other")  # traffic elsewhere: the popular key's share falls
+        return (not any(direct(n).keys("{rlcopy-*") for n in nodes)
+                and not any(direct(n).smembers(REGISTRY) for n in nodes))
+
+    eventually(gone, timeout=20, what="copies dropped and unregistered")
+    assert client.dbsize() == 1
