@@ -97,6 +97,11 @@ class HotKeyEvent:
     at: float
 
 
+#: Sampling gaps drawn in advance and used in turn (a period of about GAPS * sample_every
+#: requests, far longer than any request pattern that could alias with it).
+GAPS = 4096
+
+
 @dataclass(slots=True)
 class _HotState:
     since: float
@@ -136,10 +141,18 @@ class HotKeyDetector:
         self._window_start = clock()
         self._pending: list[HotKeyEvent] = []
         self._subscribers: list[Callable[[HotKeyEvent], None]] = []
+        #: Requests left until the next sampled one, counted down by ``observe`` (or, on a
+        #: hot path, by the caller itself: while it is over 1, decrement it and skip the
+        #: call; at 1, call ``observe``). Always 1 without sampling.
+        self.countdown = 1
         if sample_every > 1:
-            self._random = random.Random(seed).random
-            self._log_keep = math.log1p(-1.0 / sample_every)
-            self._gap = self._next_gap()
+            draw = random.Random(seed).random
+            log_keep = math.log1p(-1.0 / sample_every)
+            # geometric gaps with mean ``sample_every``, drawn once: a draw per sample cost
+            # more than the sketch update it leads to
+            self._gaps = [1 + int(math.log(1.0 - draw()) / log_keep) for _ in range(GAPS)]
+            self._gap_index = 0
+            self.countdown = self._gaps[0]
             self.observe = self._observe_sampled  # type: ignore[method-assign]
 
     # -- the request path -------------------------------------------------------------------
@@ -158,16 +171,13 @@ class HotKeyDetector:
         return False
 
     def _observe_sampled(self, key: bytes) -> bool:
-        gap = self._gap - 1
-        if gap:
-            self._gap = gap
+        left = self.countdown
+        if left > 1:
+            self.countdown = left - 1
             return key in self._hot
-        self._gap = self._next_gap()
+        index = self._gap_index = (self._gap_index + 1) % GAPS
+        self.countdown = self._gaps[index]
         return HotKeyDetector.observe(self, key)
-
-    def _next_gap(self) -> int:
-        # Requests until the next sampled one: geometric with mean ``sample_every``.
-        return 1 + int(math.log(1.0 - self._random()) / self._log_keep)
 
     def _admit(self, key: bytes, estimate: int) -> None:
         offer = self._topk.offer(key, estimate)

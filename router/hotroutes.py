@@ -30,7 +30,12 @@ class HotReadKey(SingleKey):
             return
         key = args[self.pos]
         service = self.service
-        service.observe(key)
+        detector = service.detector
+        left = detector.countdown
+        if left > 1:  # a request the sampling skips: the detector's own countdown, inlined
+            detector.countdown = left - 1
+        else:
+            detector.observe(key)
         if (service.split or service.merging) and service.serve_split(key, self.name, args, sink):
             return
         if service.copies and service.read_copy(key, args, sink):
@@ -62,7 +67,12 @@ class HotWriteKey(SingleKey):
             return
         key = args[self.pos]
         service = self.service
-        service.observe(key)
+        detector = service.detector
+        left = detector.countdown
+        if left > 1:
+            detector.countdown = left - 1
+        else:
+            detector.observe(key)
         if (service.split or service.merging) and service.serve_split(key, self.name, args, sink):
             return
         watched = service.watched
