@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=50_000)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--settle", type=float, default=3.0)
-    parser.add_argument("--keys-per-sec", type=float, default=0.0,
-                        help="the mover's throttle ([migration] keys_per_sec; 0: none)")
+    parser.add_argument("--keys-per-sec", type=float, default=None,
+                        help="the mover's throttle ([migration] keys_per_sec; 0: none; "
+                             "default the proxy's)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="keys per MIGRATE ([migration] batch; default the proxy's)")
     options = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="ringbench-rebalance-"))
     nodes = [start_redis() for _ in range(4)]
@@ -71,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         toml = ("nodes = [" + ", ".join(f'"{n.address}"' for n in nodes[:3]) + "]\n"
                 f'state_dir = "{workdir / "state"}"\n'
-                f"[migration]\nkeys_per_sec = {options.keys_per_sec}\n")
+                "[migration]\n"
+                + (f"keys_per_sec = {options.keys_per_sec}\n"
+                   if options.keys_per_sec is not None else "")
+                + (f"batch = {options.batch}\n" if options.batch else ""))
         with proxy_from_toml(toml, workdir) as address:
             prefill(address, options.keys, clients=options.clients)
             total_keys = sum(redis.Redis(port=n.port).dbsize() for n in nodes)
@@ -102,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             node.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `python -m bench.rebalance "
-             f"--keys {options.keys} --clients {options.clients} --keys-per-sec "
-             f"{options.keys_per_sec:g}` (2 cores: load, proxy and "
+             f"--keys {options.keys} --clients {options.clients}"
+             + (f" --keys-per-sec {options.keys_per_sec:g}"
+                if options.keys_per_sec is not None else "")
+             + (f" --batch {options.batch}" if options.batch else "") + "` (2 cores: load, proxy and "
              "nodes share them):", "",
              "| operation | keys moved | share of keys | seconds | keys/s | throughput during / "
              "before | client errors | violations |",
