@@ -7,6 +7,22 @@ more), and only then runs on the target. Every participant follows the rule, so 
 one writer at every moment, and the background mover can move the same keys concurrently
 (MIGRATE of an absent key is a harmless NOKEY).
 
+Once a key is known to be on the target (this process moved it, on access or with its
+mover, or a move found it gone from the source), later requests for it go straight to the
+target, skipping the MIGRATE round trip, unless a move of that key is still in flight (the
+request then follows it, so one client's requests for a key keep their order). No
+participant writes a moving arc's key on the source after the barrier, so a key that left
+the source does not come back while the migration lasts.
+
+A read moves nothing: it runs on the source inside ``MULTI; EXISTS keys; <read>; EXEC``,
+and its answer stands when all its keys were still there (the source is authoritative for
+them until they move); when none was, it runs on the target (a key gone from the source is
+on the target, or nowhere); in between, its keys are moved first like a write's. A MIGRATE
+blocks the source for a round trip to the target, so reads that skip it keep a moving
+arc's source (and everything else on it) responsive. Writes always move first: deleting
+the key on the source and writing it on the target would lose it if the target then
+failed the write.
+
 A ``MigratingLink`` stands in the connection list at the migration's negative placement code
 (``conns[-(k + 1)]``), so routes address it like any node and need no special case.
 
@@ -44,6 +60,48 @@ def migrate_head(target: NodeSpec, *, db: int, timeout_ms: int, username: str | 
     return head + [b"REPLACE", b"KEYS"]
 
 
+class MoveState:
+    """What this process knows about one migration's keys, shared by its links (one per
+    protocol, rebuilt on every topology change) and told by its mover."""
+
+    __slots__ = ("on_target", "inflight")
+
+    #: Keys remembered as moved, at most (about 100 bytes each); past it, moves still work,
+    #: later requests for the keys not remembered just pay the MIGRATE round trip.
+    LIMIT = 500_000
+
+    def __init__(self) -> None:
+        self.on_target: set[bytes] = set()
+        self.inflight: dict[bytes, int] = {}  # key -> moves on access not answered yet
+
+    def moved(self, keys: list[bytes]) -> None:
+        if len(self.on_target) < self.LIMIT:
+            self.on_target.update(keys)
+
+    def direct(self, keys: list[bytes]) -> bool:
+        """Whether a request for ``keys`` may go straight to the target."""
+        on_target = self.on_target
+        inflight = self.inflight
+        for key in keys:
+            if key not in on_target or key in inflight:
+                return False
+        return True
+
+    def started(self, keys: list[bytes]) -> None:
+        inflight = self.inflight
+        for key in keys:
+            inflight[key] = inflight.get(key, 0) + 1
+
+    def finished(self, keys: list[bytes]) -> None:
+        inflight = self.inflight
+        for key in keys:
+            left = inflight[key] - 1
+            if left:
+                inflight[key] = left
+            else:
+                del inflight[key]
+
+
 class MigratingLink:
     """Connection-like: ``submit`` moves the request's keys to the target, then sends it there."""
 
@@ -53,13 +111,17 @@ class MigratingLink:
     def __init__(self, migration_id: int, source, target, target_node: NodeSpec,
                  find_keys: Callable[[list[bytes]], list[bytes]], *, timeout_ms: int,
                  db: int = 0, username: str | None = None, password: str | None = None,
-                 stats=None) -> None:
+                 stats=None, moves: MoveState | None = None,
+                 reads_in_place: Callable[[list[bytes]], bool] | None = None) -> None:
         self.migration_id = migration_id
         self.source = source
         self.target = target
         self.address = f"{source.address}->{target.address}"
         self.find_keys = find_keys
         self.stats = stats
+        self.moves = moves if moves is not None else MoveState()
+        #: whether a request is a read that may run where its keys are (None: move them all)
+        self.reads_in_place = reads_in_place
         self._head = migrate_head(target_node, db=db, timeout_ms=timeout_ms,
                                   username=username, password=password)
         self.ready = False  # the barrier has passed: keys may move
@@ -119,7 +181,26 @@ class MigratingLink:
         keys = self.find_keys(args) if isinstance(args, list) else []
         if not keys:  # nothing to move (a channel name, say): the target serves it
             return self.target.submit(payload, entry)
-        migrate = resp.pack_command(tuple(self._head + list(dict.fromkeys(keys))))
+        keys = list(dict.fromkeys(keys))
+        state = self.moves
+        if state.direct(keys):  # already moved, no move of them in flight
+            if type(entry) is _Acked:
+                return self.target.submit_acked(payload, entry.entry, entry.wait, entry.waiter)
+            return self.target.submit(payload, entry)
+        if (self.reads_in_place is not None and type(entry) is not _Acked
+                and self.reads_in_place(args)):
+            exists = resp.pack_command((b"EXISTS", *keys))
+            err = self.source.submit_many(
+                [MULTI, exists, payload, EXEC],
+                [_SKIP, _SKIP, _SKIP, _ReadWhereItIs(self, payload, entry, keys)])
+        else:
+            err = self.move_then_serve(payload, entry, keys)
+        if err is None:
+            state.started(keys)
+        return err
+
+    def move_then_serve(self, payload: bytes, entry, keys: list[bytes]) -> bytes | None:
+        migrate = resp.pack_command(tuple(self._head + keys))
         return self.source.submit(migrate, _ThenTarget(self, payload, entry, keys))
 
     def submit_many(self, payloads: list[bytes], entries: list) -> bytes | None:
@@ -140,6 +221,59 @@ class MigratingLink:
     @property
     def outstanding(self) -> int:
         return 0
+
+
+MULTI = resp.pack_command((b"MULTI",))
+EXEC = resp.pack_command((b"EXEC",))
+
+
+class _Skip:
+    """MULTI's +OK and the +QUEUED replies of a read run in place: nothing to do."""
+
+    __slots__ = ()
+
+    def fill(self, raw: bytes) -> None:
+        return None
+
+
+_SKIP = _Skip()
+
+
+class _ReadWhereItIs:
+    """EXEC's reply to ``EXISTS keys; <read>`` on the source: the read's answer when every key
+    was there, else the read goes to the target (none there) or moves its keys first (some)."""
+
+    __slots__ = ("link", "payload", "entry", "keys")
+
+    def __init__(self, link: MigratingLink, payload: bytes, entry, keys: list[bytes]) -> None:
+        self.link = link
+        self.payload = payload
+        self.entry = entry
+        self.keys = keys
+
+    def fill(self, raw: bytes):
+        link = self.link
+        state = link.moves
+        state.finished(self.keys)
+        try:
+            items = resp.split_reply_array(raw)
+        except (resp.ProtocolError, ValueError):
+            items = None
+        present = resp.parse_integer(items[0]) if items is not None and len(items) == 2 else None
+        if present is None:  # the transaction failed (the node went down, say)
+            return self.entry.fill(raw if raw[:1] in (b"-", b"!") else resp.error(
+                "TRYAGAIN ringleader: a read of a moving key failed; the command did not run"))
+        if present == len(self.keys):
+            return self.entry.fill(items[1])
+        if present == 0:  # on the target, or nowhere: either way, the target answers
+            state.moved(self.keys)
+            err = link.target.submit(self.payload, self.entry)
+            return None if err is None else self.entry.fill(err)
+        err = link.move_then_serve(self.payload, self.entry, self.keys)
+        if err is not None:
+            return self.entry.fill(err)
+        state.started(self.keys)
+        return None
 
 
 class _Acked:
@@ -168,7 +302,9 @@ class _ThenTarget:
 
     def fill(self, raw: bytes):
         link = self.link
+        link.moves.finished(self.keys)
         if raw in (resp.OK, b"+NOKEY\r\n"):
+            link.moves.moved(self.keys)
             if link.stats is not None and raw == resp.OK:
                 link.stats.moved_on_access += len(self.keys)
             entry = self.entry

@@ -16,7 +16,7 @@ import trio
 from router import resp
 from router.nodes import NodeSpec
 
-from .migrating import MigratingLink
+from .migrating import MigratingLink, MoveState
 from .node import NodeConnection, NodeSettings
 from .poller import Poller
 
@@ -27,16 +27,20 @@ class Backend:
     def __init__(self, nodes: Sequence[NodeSpec], settings: NodeSettings,
                  nursery: trio.Nursery, poller: Poller,
                  find_keys: Callable[[list[bytes]], list[bytes]] | None = None,
-                 migrate_timeout_ms: int = 5000) -> None:
+                 migrate_timeout_ms: int = 5000,
+                 reads_in_place: Callable[[list[bytes]], bool] | None = None) -> None:
         self.nodes = list(nodes)
         self.settings = settings
         self._nursery = nursery
         self.poller = poller
         self.find_keys = find_keys
+        self.reads_in_place = reads_in_place
         self.migrate_timeout_ms = migrate_timeout_ms
         #: (migration id, source index, target index), in the topology's order
         self.migrations: list[tuple[int, int, int]] = []
         self.migration_stats: dict[int, object] = {}
+        #: per migration: keys known to be on its target (shared by its links and its mover)
+        self.move_states: dict[int, MoveState] = {}
         self._open: dict[tuple[int, NodeSpec], NodeConnection] = {}
         self._lists: dict[int, list] = {}
         self._replica_lists: dict[int, list[list]] = {}
@@ -89,6 +93,12 @@ class Backend:
             self._open[(proto, node)] = conn
         return conn
 
+    def moved_to_target(self, migration_id: int, keys: list[bytes]) -> None:
+        """The mover moved ``keys``: requests for them may go straight to the target."""
+        state = self.move_states.get(migration_id)
+        if state is not None:
+            state.moved(keys)
+
     def _rebuild(self, proto: int) -> None:
         primaries = [self._conn(proto, node) for node in self.nodes]
         links = []
@@ -99,7 +109,9 @@ class Backend:
                                  timeout_ms=self.migrate_timeout_ms, db=self.settings.db,
                                  username=self.settings.username,
                                  password=self.settings.password,
-                                 stats=self.migration_stats.get(mid))
+                                 stats=self.migration_stats.get(mid),
+                                 moves=self.move_states.setdefault(mid, MoveState()),
+                                 reads_in_place=self.reads_in_place)
             older = self._links.get((proto, mid))
             if older is not None:
                 link.adopt(older)  # requests held before the barrier stay held, in order
@@ -115,6 +127,9 @@ class Backend:
             self._links.pop(key).handoff(
                 lambda kind, payload, entry, extra, proto=proto:
                 self._resubmit(proto, kind, payload, entry, extra))
+        current = {mid for mid, _, _ in self.migrations}
+        for mid in [m for m in self.move_states if m not in current]:
+            del self.move_states[mid]
         self._lists[proto][:] = primaries + links[::-1]
         self._replica_lists[proto][:] = (
             [[self._conn(proto, r) for r in node.replicas] for node in self.nodes]

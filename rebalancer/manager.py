@@ -15,6 +15,7 @@ and the migrations it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -220,6 +221,15 @@ class TopologyManager:
             self.server.backend.migration_stats[migration.id] = progress
         return progress
 
+    def _share_of_throttle(self) -> MoveSettings:
+        """The mover settings for one of the migrations under way: ``keys_per_sec`` and
+        ``bytes_per_sec`` are for all of them together (an add-node moves from every shard
+        at once, and each move costs the clients alike), so each gets an equal share."""
+        count = max(1, len(self.topology.migrations))
+        settings = self.settings
+        return dataclasses.replace(settings, keys_per_sec=settings.keys_per_sec / count,
+                                   bytes_per_sec=settings.bytes_per_sec / count)
+
     def _belongs(self, migration_id: int):
         def belongs(key: bytes) -> bool:
             topology = self.topology
@@ -239,10 +249,14 @@ class TopologyManager:
                 target = topology.shard(migration.target).primary
                 config = self.server.config
                 self._journal({"migration": migration.id, "kind": "moving"})
+                backend = self.server.backend
                 await move_arcs(progress=progress, source=source, target=target,
-                                belongs=self._belongs(migration.id), settings=self.settings,
+                                belongs=self._belongs(migration.id),
+                                settings=self._share_of_throttle(),
                                 db=config.node_db, username=config.node_username,
-                                password=config.node_password)
+                                password=config.node_password,
+                                on_moved=lambda keys, mid=migration.id:
+                                backend.moved_to_target(mid, keys))
                 async with self._edit_lock:
                     if any(m.id == migration.id for m in self.topology.migrations):
                         # finishing ends this migration: it must not cancel its own mover

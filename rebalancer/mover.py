@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -37,7 +38,8 @@ class MoveStuck(Exception):
 
 @dataclass
 class MoveSettings:
-    #: Keys per MIGRATE, and keys per second per migration (0: no limit). A MIGRATE blocks
+    #: Keys per MIGRATE, and keys per second (0: no limit; the manager shares it among the
+    #: migrations under way). A MIGRATE blocks
     #: its source while it runs and the mover shares the proxy's loop, so both defaults
     #: favour the clients: unthrottled moves of 100-key batches cut the clients' throughput
     #: during an add-node to 0.3-0.4 of before on a 2-core machine; these gave 0.5-0.9
@@ -101,10 +103,13 @@ class Throttle:
 async def move_arcs(*, progress: MoveProgress, source: NodeSpec, target: NodeSpec,
                     belongs, settings: MoveSettings, db: int = 0,
                     username: str | None = None, password: str | None = None,
-                    checkpoint=None) -> None:
+                    checkpoint=None, on_moved: Callable[[list[bytes]], None] | None = None,
+                    ) -> None:
     """Move every key for which ``belongs(key)`` is true from ``source`` to ``target``;
     returns when a full pass finds none left. Raises on cancellation only; node failures are
-    retried with backoff (the source stays authoritative meanwhile)."""
+    retried with backoff (the source stays authoritative meanwhile). ``on_moved`` hears of
+    every batch that left the source (the proxy then sends their requests straight to the
+    target)."""
     delay = 0.1
     keys_throttle = Throttle(settings.keys_per_sec)
     bytes_throttle = Throttle(settings.bytes_per_sec)
@@ -126,7 +131,7 @@ async def move_arcs(*, progress: MoveProgress, source: NodeSpec, target: NodeSpe
                     stuck_before = progress.errors
                     found = await _one_pass(client, progress, belongs, head, settings,
                                             keys_throttle, bytes_throttle, started, checkpoint,
-                                            register_on_target)
+                                            register_on_target, on_moved)
                     progress.passes += 1
                     if found == 0:
                         progress.remaining_estimate = 0
@@ -145,7 +150,7 @@ async def move_arcs(*, progress: MoveProgress, source: NodeSpec, target: NodeSpe
 
 async def _one_pass(client: NodeClient, progress: MoveProgress, belongs, head: list[object],
                     settings: MoveSettings, keys_throttle: Throttle, bytes_throttle: Throttle,
-                    started: float, checkpoint, register_on_target) -> int:
+                    started: float, checkpoint, register_on_target, on_moved=None) -> int:
     """One full SCAN of the source; returns how many keys of the arcs it found (and moved)."""
     cursor = b"0"
     found = 0
@@ -162,7 +167,8 @@ async def _one_pass(client: NodeClient, progress: MoveProgress, belongs, head: l
             if settings.bytes_per_sec > 0:
                 sizes = await client.pipeline([("MEMORY", "USAGE", k) for k in batch])
                 await bytes_throttle.spend(sum(s for s in sizes if isinstance(s, int)))
-            await _migrate(client, progress, head, batch)
+            if await _migrate(client, progress, head, batch) and on_moved is not None:
+                on_moved(batch)
             found += len(batch)
             await keys_throttle.spend(len(batch))
         elapsed = max(time.monotonic() - started, 1e-6)
@@ -178,11 +184,12 @@ async def _one_pass(client: NodeClient, progress: MoveProgress, belongs, head: l
 
 
 async def _migrate(client: NodeClient, progress: MoveProgress, head: list[object],
-                   batch: list[bytes]) -> None:
+                   batch: list[bytes]) -> bool:
+    """True when the whole batch has left the source (moved, or gone already)."""
     reply = (await client.pipeline([head + batch]))[0]
     if not isinstance(reply, CommandError):
         progress.moved += len(batch) if reply == b"OK" else 0
-        return
+        return True
     if "IOERR" not in str(reply) and "timeout" not in str(reply).lower():
         raise reply
     # one of them is too big to move within the timeout: move one by one, report the ones
@@ -200,3 +207,4 @@ async def _migrate(client: NodeClient, progress: MoveProgress, head: list[object
             progress.errors += 1
         elif one == b"OK":
             progress.moved += 1
+    return False

@@ -754,6 +754,13 @@ class CommandTable:
         except CommandError:
             return []
 
+    def reads_in_place(self, args: Sequence[bytes]) -> bool:
+        """Whether a request only reads its keys and never blocks: during a migration it may
+        run where its keys are (inside MULTI, so never a blocking command) instead of moving
+        them first."""
+        spec = self.lookup(args)
+        return spec is not None and "readonly" in spec.flags and "blocking" not in spec.flags
+
     def all_specs(self) -> Iterator[CommandSpec]:
         """Every command and every subcommand."""
         for spec in self._commands.values():

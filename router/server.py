@@ -124,7 +124,8 @@ class ProxyServer:
                 self._watch_sentinels(nursery)
                 self.backend = Backend(self.effective_nodes(), node_settings(self.config),
                                        nursery, self.poller, find_keys=self.table.keys_of,
-                                       migrate_timeout_ms=self.config.migration.migrate_timeout_ms)
+                                       migrate_timeout_ms=self.config.migration.migrate_timeout_ms,
+                                       reads_in_place=self.table.reads_in_place)
                 self.backend.set_topology(self.effective_nodes(),
                                           migration_indices(self.topology),
                                           self.placement.node_index)
