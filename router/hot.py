@@ -26,6 +26,7 @@ from hotkeys.reserved import REGISTRY
 from hotkeys.rules import HotKeyRules, HotKeySettings
 from hotkeys.splitting import (
     ADD_SCRIPT,
+    HASH_COMMANDS,
     INCREMENTS,
     SUB_PREFIX,
     TAKE_SCRIPT,
@@ -74,6 +75,11 @@ class HotKeyService:
         #: split counters, and counters being folded back into their key
         self.split: dict[bytes, SplitCounter] = {}
         self.merging: dict[bytes, SplitCounter] = {}
+        #: counters another proxy split, learnt from the nodes' registries: key -> its parts
+        #: (the key itself first). Served like a counter being folded back: reads sum every
+        #: part, increments go to the key itself.
+        self.foreign: dict[bytes, list[tuple[int, bytes]]] = {}
+        self._learning = False
         self._tags: tuple[object, dict[int, bytes]] | None = None
         self._copy_tags: tuple[object, dict[int, bytes]] | None = None
         self.split_increments = 0
@@ -102,7 +108,8 @@ class HotKeyService:
 
     async def run(self) -> None:
         window = self.settings.window_ms / 1000
-        if any(r.kind == "split" for r in self.rules.all()):
+        splitting = any(r.kind == "split" for r in self.rules.all())
+        if splitting:
             self.server.spawn(self.fold_leftovers)
         while True:
             await trio.sleep(window)
@@ -113,6 +120,9 @@ class HotKeyService:
                     self._cooled(event.key)
             self._retrack()
             self._refresh_copies()
+            if splitting and not self._learning:
+                self._learning = True
+                self.server.spawn(self._learn_foreign_splits)
 
     def _became_hot(self, key: bytes) -> None:
         mitigation = self.rules.for_key(key)
@@ -342,12 +352,47 @@ class HotKeyService:
                                         username=config.node_username,
                                         password=config.node_password, db=config.node_db)
 
+    def _foreign_counter(self, key: bytes, name: str) -> SplitCounter | None:
+        """A counter another proxy split, seen as one being folded back (its kind follows the
+        command: a hash command reads a hash counter)."""
+        parts = self.foreign.get(key) if self.foreign else None
+        if parts is None:
+            return None
+        return SplitCounter(key, parts, "hash" if name in HASH_COMMANDS else "string")
+
+    async def _learn_foreign_splits(self) -> None:
+        """Which counters other proxies have split, from every node's registry of reserved
+        keys (a proxy registers a counter's parts before any increment reaches them), so
+        reads through this proxy sum every part too, within a window of the split."""
+        try:
+            found: dict[bytes, list[tuple[int, bytes]]] = {}
+            for node in range(len(self.server.topology.shards)):
+                try:
+                    async with await self._client(node) as client:
+                        names = await client.call("SMEMBERS", REGISTRY)
+                except Exception as exc:  # keep what was known; the next window retries
+                    log.debug("reading the registry of node %d: %s", node, exc)
+                    return
+                for name in names or ():
+                    original = original_of(name)
+                    if original is not None:
+                        found.setdefault(original, []).append((node, name))
+            node_of = self.server.placement.node_index
+            foreign = {}
+            for key, parts in found.items():
+                owner = node_of(key)
+                if owner >= 0 and key not in self.split and key not in self.merging:
+                    foreign[key] = [(owner, key), *sorted(parts)]
+            self.foreign = foreign
+        finally:
+            self._learning = False
+
     def serve_split(self, key: bytes, name: str, args: list[bytes], sink) -> bool:
         """A request for a split (or merging) counter; False to let the plain route serve."""
         counter = self.split.get(key)
         merging = counter is None
         if merging:
-            counter = self.merging.get(key)
+            counter = self.merging.get(key) or self._foreign_counter(key, name)
             if counter is None:
                 return False
         planned = counter.plan(name, args, merging)
@@ -368,7 +413,8 @@ class HotKeyService:
         when no key of the request is split (the plain route serves)."""
         counters = {}
         for key in args[1:]:
-            counter = self.split.get(key) or self.merging.get(key)
+            counter = (self.split.get(key) or self.merging.get(key)
+                       or self._foreign_counter(key, "del"))
             if counter is not None:
                 counters[key] = counter
         if not counters:

@@ -36,7 +36,8 @@ class HotReadKey(SingleKey):
             detector.countdown = left - 1
         else:
             detector.observe(key)
-        if (service.split or service.merging) and service.serve_split(key, self.name, args, sink):
+        if (service.split or service.merging or service.foreign) and \
+                service.serve_split(key, self.name, args, sink):
             return
         if service.copies and service.read_copy(key, args, sink):
             return
@@ -73,7 +74,8 @@ class HotWriteKey(SingleKey):
             detector.countdown = left - 1
         else:
             detector.observe(key)
-        if (service.split or service.merging) and service.serve_split(key, self.name, args, sink):
+        if (service.split or service.merging or service.foreign) and \
+                service.serve_split(key, self.name, args, sink):
             return
         watched = service.watched
         if watched and key in watched:
@@ -123,7 +125,8 @@ class HotKeyCount(Route):
 
     def serve(self, args: list[bytes], sink: Sink) -> None:
         service = self.service
-        if (service.split or service.merging) and service.serve_split_keys(args, sink):
+        if (service.split or service.merging or service.foreign) and \
+                service.serve_split_keys(args, sink):
             return
         self.inner.serve(args, sink)
 

@@ -498,3 +498,49 @@ def test_copies_and_their_registration_go_when_the_key_cools(replicate_proxy, no
 
     eventually(gone, timeout=20, what="copies dropped and unregistered")
     assert client.dbsize() == 1
+
+
+def test_another_proxy_reads_a_split_counter_whole(make_proxy, three_nodes, nodes, tmp_path):
+    import threading
+
+    path = tmp_path / "split.toml"
+    path.write_text("nodes = [" + ", ".join(f'"{n.address}"' for n in nodes) + "]\n"
+                    + SPLIT_CONFIG)
+    splitting, other = make_proxy("--config", str(path)), make_proxy("--config", str(path))
+    client = splitting.client()
+    wait_split(client, "counter:shared")
+    for _ in range(300):  # increments now land on the parts too
+        client.incr("counter:shared")
+    assert parts_on(nodes), "the counter has parts on other nodes"
+    total = int(client.get("counter:shared"))
+    owner_alone = int(direct(owner(nodes, "counter:shared")).get("counter:shared") or 0)
+    assert owner_alone < total  # so reading the key alone would be wrong
+    reader = other.client()
+    stop = threading.Event()
+
+    def keep_hot() -> None:  # reads through the splitting proxy keep it split (and unchanged)
+        mine = splitting.client()
+        while not stop.is_set():
+            mine.get("counter:shared")
+
+    hot = threading.Thread(target=keep_hot)
+    hot.start()
+
+    def read_whole() -> bool:
+        # among 60 other reads: not hot through this proxy, which must learn of the split
+        # from the nodes' registries (within a window or two), not split it itself
+        pipe = reader.pipeline(transaction=False)
+        for i in range(60):
+            pipe.get(f"cold:{i}")
+        pipe.get("counter:shared")
+        return int(pipe.execute()[-1]) == total
+
+    try:
+        eventually(read_whole, what="whole counter read")
+        assert not is_split(reader, "counter:shared")
+        assert is_split(client, "counter:shared") and parts_on(nodes)  # still split
+    finally:
+        stop.set()
+        hot.join()
+    reader.incr("counter:shared")  # an increment through the other proxy counts too
+    assert int(client.get("counter:shared")) == total + 1
