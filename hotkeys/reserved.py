@@ -46,6 +46,38 @@ return redis.call('DBSIZE') - reserved
 """
 
 
+#: RANDOMKEY without the proxy's keys: a few random draws on the node, then (a node holding
+#: mostly the proxy's keys, which are few) a SCAN for any user's key; nil only when the node
+#: has none.
+RANDOMKEY_SCRIPT = b"""
+local function visible(key)
+  for _, prefix in ipairs(ARGV) do
+    if string.sub(key, 1, #prefix) == prefix then return false end
+  end
+  return true
+end
+for _ = 1, 16 do
+  local key = redis.call('RANDOMKEY')
+  if not key then return false end
+  if visible(key) then return key end
+end
+local cursor = '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'COUNT', 100)
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do
+    if visible(key) then return key end
+  end
+until cursor == '0'
+return false
+"""
+
+
+def randomkey_call() -> list[bytes]:
+    """The request each node gets for a RANDOMKEY through the proxy."""
+    return [b"EVAL", RANDOMKEY_SCRIPT, b"0", *RESERVED]
+
+
 def dbsize_call() -> list[bytes]:
     """The request each node gets for a DBSIZE through the proxy."""
     return [b"EVAL", DBSIZE_SCRIPT, b"1", REGISTRY]

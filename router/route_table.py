@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hotkeys.reserved import dbsize_call, randomkey_call
 from hotkeys.splitting import KEY_COUNTS
 
 from . import local
@@ -20,8 +21,8 @@ from .routes import (
     AllNodes,
     Blocking,
     Channel,
-    DbSize,
     FirstNode,
+    LeavingOutReserved,
     Local,
     PolicyKey,
     Refuse,
@@ -99,9 +100,13 @@ NOT_YET = {
     "proxy waits after each write itself": ("wait", "waitaof"),
 }
 
+#: Of those, the ones whose answer must leave out the proxy's own keys: the script each node
+#: runs instead.
+LEAVING_OUT_RESERVED = {"dbsize": dbsize_call, "randomkey": randomkey_call}
+
 #: Keyless commands every node runs, and how their replies combine.
 ALL_NODES: dict[str, tuple] = {
-    "dbsize": (merge_sum, "counts summed"),  # served by DbSize
+    "dbsize": (merge_sum, "counts summed"),  # both served by LeavingOutReserved
     "keys": (merge_concat, "keys concatenated"),
     "flushdb": (merge_all_ok, "OK when all are"),
     "flushall": (merge_all_ok, "OK when all are"),
@@ -273,9 +278,10 @@ class RouteTable:
             if name in ("flushdb", "flushall") and not self.options.allow_flush:
                 return Refuse(name, arity, f"ERR ringleader: '{shown}' is disabled by the "
                               "operator (allow_flush = false)")
-            if name == "dbsize":
-                return DbSize(name, arity, len(self.labels))
             merge, how = ALL_NODES[name]
+            if name in LEAVING_OUT_RESERVED:
+                return LeavingOutReserved(name, arity, len(self.labels), merge, how,
+                                          LEAVING_OUT_RESERVED[name]())
             return AllNodes(name, arity, len(self.labels), merge, how)
         top = name.split("|")[0]
         if top in REFUSED:

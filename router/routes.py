@@ -13,7 +13,7 @@ from typing import Protocol
 
 import hiredis
 
-from hotkeys.reserved import RESERVED, dbsize_call
+from hotkeys.reserved import RESERVED
 
 from . import resp
 from .commands import CommandError
@@ -463,19 +463,20 @@ class AllNodes(Route):
         return f"every node, {self.how}"
 
 
-class DbSize(AllNodes):
-    """DBSIZE: every node counts its keys less the proxy's own (copies of replicated hot
-    keys, parts of split counters, the registry naming them), with a read-only script
-    (hotkeys/reserved.py), so a hot key's mitigation does not change what clients count."""
+class LeavingOutReserved(AllNodes):
+    """DBSIZE and RANDOMKEY: every node runs a read-only script (hotkeys/reserved.py) that
+    leaves out the proxy's own keys (copies of replicated hot keys, parts of split counters,
+    the registry naming them), so a hot key's mitigation does not change what clients see."""
 
-    __slots__ = ()
+    __slots__ = ("call",)
 
-    def __init__(self, name: str, arity: int, count: int) -> None:
-        super().__init__(name, arity, count, merge_sum,
-                         "counts summed, the proxy's own keys left out")
+    def __init__(self, name: str, arity: int, count: int, merge: Merge, how: str,
+                 call: list[bytes]) -> None:
+        super().__init__(name, arity, count, merge, f"{how}, the proxy's own keys left out")
+        self.call = call
 
     def run(self, args: list[bytes], sink: Sink) -> None:
-        sink.fanout([(node, dbsize_call()) for node in range(self.count)], self.merge)
+        sink.fanout([(node, self.call) for node in range(self.count)], self.merge)
 
 
 def visible(items: list[bytes]) -> list[bytes]:

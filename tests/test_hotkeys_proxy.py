@@ -544,3 +544,14 @@ def test_another_proxy_reads_a_split_counter_whole(make_proxy, three_nodes, node
         hot.join()
     reader.incr("counter:shared")  # an increment through the other proxy counts too
     assert int(client.get("counter:shared")) == total + 1
+
+
+def test_randomkey_never_returns_the_proxys_own_keys(proxy, nodes):
+    for node in nodes:  # reserved keys as the proxy leaves them: copies, parts, registries
+        direct(node).set("{rlcopy-1}user:1", "copy")
+        direct(node).set("{rlsplit-2}counter:1", "5")
+        direct(node).sadd(REGISTRY, "{rlcopy-1}user:1", "{rlsplit-2}counter:1")
+    client = proxy.client()
+    assert client.randomkey() is None  # only the proxy's keys: none for clients
+    client.set("user:visible", "v")
+    assert {client.randomkey() for _ in range(50)} == {b"user:visible"}
