@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import time
 
+from hotkeys.splitting import sum_parts
+
+from . import resp
 from .routes import Route, SingleKey, Sink
 
 
@@ -132,6 +135,58 @@ class HotKeyCount(Route):
 
     def describe(self) -> str:
         return f"{self.inner.describe()}; split counters over all their parts"
+
+
+class HotMultiGet(Route):
+    """MGET naming a split counter (this proxy's, or another's seen in the registries): each
+    key is read with its own GET, a split counter over all its parts (summed), and the values
+    are put back in order. Without split counters among the keys, the plain MGET route."""
+
+    __slots__ = ("inner", "service", "node_of")
+
+    def __init__(self, inner: Route, service, node_of) -> None:
+        super().__init__(inner.name, inner.arity)
+        self.inner = inner
+        self.service = service
+        self.node_of = node_of
+
+    def serve(self, args: list[bytes], sink: Sink) -> None:
+        service = self.service
+        if not (service.split or service.merging or service.foreign) or len(args) < 2:
+            self.inner.serve(args, sink)
+            return
+        counters = {key: c for key in args[1:]
+                    if (c := service.split.get(key) or service.merging.get(key)
+                        or service._foreign_counter(key, "get")) is not None}
+        if not counters:
+            self.inner.serve(args, sink)
+            return
+        calls: list[tuple[int, list[bytes]]] = []
+        sizes: list[int] = []  # replies per key, in request order
+        for key in args[1:]:
+            counter = counters.get(key)
+            names = counter.parts if counter is not None else [(self.node_of(key), key)]
+            calls.extend((node, [b"GET", name]) for node, name in names)
+            sizes.append(len(names))
+
+        def merge(parts: list[bytes], proto: int) -> bytes:
+            values = []
+            start = 0
+            for size in sizes:
+                replies = parts[start:start + size]
+                start += size
+                value = replies[0] if size == 1 else sum_parts(replies, proto)
+                if value.startswith(b"-WRONGTYPE"):
+                    value = resp.null(proto)  # MGET answers nil for a key of another type
+                elif value[:1] in (b"-", b"!"):
+                    return value  # a node's failure fails the whole MGET, as it would
+                values.append(value)
+            return resp.array_of_raw(values)
+
+        sink.fanout(calls, merge)
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}; split counters summed over their parts"
 
 
 class HotRead(Route):

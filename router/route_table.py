@@ -15,7 +15,7 @@ from hotkeys.splitting import KEY_COUNTS
 
 from . import local
 from .commands import CommandTable, unknown_command_error, unknown_subcommand_error
-from .hotroutes import HotKeyCount, HotRead, HotReadKey, HotWrite, HotWriteKey
+from .hotroutes import HotKeyCount, HotMultiGet, HotRead, HotReadKey, HotWrite, HotWriteKey
 from .placement import Placement
 from .routes import (
     AllNodes,
@@ -241,6 +241,8 @@ class RouteTable:
         mode = policy_mode(spec)
         if spec.name in KEY_COUNTS:  # DEL, EXISTS...: split counters over all their parts
             route = HotKeyCount(route, self.hot)
+        if spec.name == "mget":
+            return HotMultiGet(route, self.hot, self.placement.node_index)
         plain = type(route) is SingleKey
         if mode == "read" and plain:
             return HotReadKey(route, self.hot)

@@ -555,3 +555,18 @@ def test_randomkey_never_returns_the_proxys_own_keys(proxy, nodes):
     assert client.randomkey() is None  # only the proxy's keys: none for clients
     client.set("user:visible", "v")
     assert {client.randomkey() for _ in range(50)} == {b"user:visible"}
+
+
+def test_mget_reads_a_split_counter_whole(split_proxy, nodes):
+    client = split_proxy.client()
+    wait_split(client, "counter:listed")
+    for _ in range(300):  # increments now land on the parts too
+        client.incr("counter:listed")
+    client.set("plain:key", "p")
+    client.rpush("plain:list", "x")
+    assert parts_on(nodes)
+    total = client.get("counter:listed")
+    owner_alone = direct(owner(nodes, "counter:listed")).get("counter:listed")
+    assert owner_alone != total  # reading the key alone would be wrong
+    assert client.mget("plain:key", "counter:listed", "missing", "plain:list") == [
+        b"p", total, None, None]
