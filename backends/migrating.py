@@ -184,9 +184,7 @@ class MigratingLink:
         keys = list(dict.fromkeys(keys))
         state = self.moves
         if state.direct(keys):  # already moved, no move of them in flight
-            if type(entry) is _Acked:
-                return self.target.submit_acked(payload, entry.entry, entry.wait, entry.waiter)
-            return self.target.submit(payload, entry)
+            return self.serve_on_target(payload, entry)
         if (self.reads_in_place is not None and type(entry) is not _Acked
                 and self.reads_in_place(args)):
             exists = resp.pack_command((b"EXISTS", *keys))
@@ -198,6 +196,13 @@ class MigratingLink:
         if err is None:
             state.started(keys)
         return err
+
+    def serve_on_target(self, payload: bytes, entry) -> bytes | None:
+        """Send a request whose keys are on the target (a write under an acknowledgement
+        level is waited for there)."""
+        if type(entry) is _Acked:
+            return self.target.submit_acked(payload, entry.entry, entry.wait, entry.waiter)
+        return self.target.submit(payload, entry)
 
     def move_then_serve(self, payload: bytes, entry, keys: list[bytes]) -> bytes | None:
         migrate = resp.pack_command(tuple(self._head + keys))
@@ -239,43 +244,6 @@ class _Skip:
 _SKIP = _Skip()
 
 
-class _ReadWhereItIs:
-    """EXEC's reply to ``EXISTS keys; <read>`` on the source: the read's answer when every key
-    was there, else the read goes to the target (none there) or moves its keys first (some)."""
-
-    __slots__ = ("link", "payload", "entry", "keys")
-
-    def __init__(self, link: MigratingLink, payload: bytes, entry, keys: list[bytes]) -> None:
-        self.link = link
-        self.payload = payload
-        self.entry = entry
-        self.keys = keys
-
-    def fill(self, raw: bytes):
-        link = self.link
-        state = link.moves
-        state.finished(self.keys)
-        try:
-            items = resp.split_reply_array(raw)
-        except (resp.ProtocolError, ValueError):
-            items = None
-        present = resp.parse_integer(items[0]) if items is not None and len(items) == 2 else None
-        if present is None:  # the transaction failed (the node went down, say)
-            return self.entry.fill(raw if raw[:1] in (b"-", b"!") else resp.error(
-                "TRYAGAIN ringleader: a read of a moving key failed; the command did not run"))
-        if present == len(self.keys):
-            return self.entry.fill(items[1])
-        if present == 0:  # on the target, or nowhere: either way, the target answers
-            state.moved(self.keys)
-            err = link.target.submit(self.payload, self.entry)
-            return None if err is None else self.entry.fill(err)
-        err = link.move_then_serve(self.payload, self.entry, self.keys)
-        if err is not None:
-            return self.entry.fill(err)
-        state.started(self.keys)
-        return None
-
-
 class _Acked:
     """Stands for a write's entry until it reaches the target, where it is acknowledged."""
 
@@ -300,6 +268,12 @@ class _ThenTarget:
         self.entry = entry
         self.keys = keys
 
+    def on_target(self):
+        """The keys are on the target: the request goes there (an error fills the entry; an
+        acknowledged write's entry fills its waiter too)."""
+        err = self.link.serve_on_target(self.payload, self.entry)
+        return None if err is None else self.entry.fill(err)
+
     def fill(self, raw: bytes):
         link = self.link
         link.moves.finished(self.keys)
@@ -307,18 +281,7 @@ class _ThenTarget:
             link.moves.moved(self.keys)
             if link.stats is not None and raw == resp.OK:
                 link.stats.moved_on_access += len(self.keys)
-            entry = self.entry
-            if type(entry) is _Acked:
-                err = link.target.submit_acked(self.payload, entry.entry, entry.wait,
-                                               entry.waiter)
-                if err is not None:
-                    entry.waiter.fill(err)
-                    return entry.entry.fill(err)
-                return None
-            err = link.target.submit(self.payload, entry)
-            if err is None:
-                return None  # the target's reply fills the client's entry later
-            return self.entry.fill(err)
+            return self.on_target()
         if link.stats is not None:
             link.stats.errors += 1
         shown = ", ".join(k.decode(errors="replace")[:40] for k in self.keys[:3])
@@ -327,3 +290,33 @@ class _ThenTarget:
         return self.entry.fill(resp.error(
             f"TRYAGAIN ringleader: could not move '{shown}' to its new node "
             f"({raw[1:-2].decode(errors='replace')[:200]}); the command did not run"))
+
+
+class _ReadWhereItIs(_ThenTarget):
+    """EXEC's reply to ``EXISTS keys; <read>`` on the source: the read's answer when every key
+    was there, else the read goes to the target (none there) or moves its keys first (some)."""
+
+    __slots__ = ()
+
+    def fill(self, raw: bytes):
+        link = self.link
+        state = link.moves
+        state.finished(self.keys)
+        try:
+            items = resp.split_reply_array(raw)
+        except (resp.ProtocolError, ValueError):
+            items = None
+        present = resp.parse_integer(items[0]) if items is not None and len(items) == 2 else None
+        if present is None:  # the transaction failed (the node went down, say)
+            return self.entry.fill(raw if raw[:1] in (b"-", b"!") else resp.error(
+                "TRYAGAIN ringleader: a read of a moving key failed; the command did not run"))
+        if present == len(self.keys):
+            return self.entry.fill(items[1])
+        if present == 0:  # on the target, or nowhere: either way, the target answers
+            state.moved(self.keys)
+            return self.on_target()
+        err = link.move_then_serve(self.payload, self.entry, self.keys)
+        if err is not None:
+            return self.entry.fill(err)
+        state.started(self.keys)
+        return None

@@ -352,10 +352,14 @@ class HotKeyService:
                                         username=config.node_username,
                                         password=config.node_password, db=config.node_db)
 
-    def _foreign_counter(self, key: bytes, name: str) -> SplitCounter | None:
-        """A counter another proxy split, seen as one being folded back (its kind follows the
-        command: a hash command reads a hash counter)."""
-        parts = self.foreign.get(key) if self.foreign else None
+    def counter_of(self, key: bytes, name: str) -> SplitCounter | None:
+        """The split counter ``key`` is, if any: this proxy's, one it is folding back, or one
+        another proxy split (seen as one being folded back; its kind follows the command ``name``:
+        a hash command reads a hash counter)."""
+        counter = self.split.get(key) or self.merging.get(key)
+        if counter is not None or not self.foreign:
+            return counter
+        parts = self.foreign.get(key)
         if parts is None:
             return None
         return SplitCounter(key, parts, "hash" if name in HASH_COMMANDS else "string")
@@ -389,12 +393,10 @@ class HotKeyService:
 
     def serve_split(self, key: bytes, name: str, args: list[bytes], sink) -> bool:
         """A request for a split (or merging) counter; False to let the plain route serve."""
-        counter = self.split.get(key)
-        merging = counter is None
-        if merging:
-            counter = self.merging.get(key) or self._foreign_counter(key, name)
-            if counter is None:
-                return False
+        counter = self.counter_of(key, name)
+        if counter is None:
+            return False
+        merging = key not in self.split
         planned = counter.plan(name, args, merging)
         if planned is None:
             return False  # while merging, increments go to the key itself
@@ -413,8 +415,7 @@ class HotKeyService:
         when no key of the request is split (the plain route serves)."""
         counters = {}
         for key in args[1:]:
-            counter = (self.split.get(key) or self.merging.get(key)
-                       or self._foreign_counter(key, "del"))
+            counter = self.counter_of(key, "del")
             if counter is not None:
                 counters[key] = counter
         if not counters:

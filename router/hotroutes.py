@@ -16,8 +16,9 @@ from . import resp
 from .routes import Route, SingleKey, Sink
 
 
-class HotReadKey(SingleKey):
-    """SingleKey for reads with hot-key handling inlined (the common case: no extra call)."""
+class _HotKey(SingleKey):
+    """SingleKey with hot-key handling: the key is counted (sampled) and a split counter is
+    served over its parts; ``rest`` says what else a read or a write does."""
 
     __slots__ = ("service",)
 
@@ -42,6 +43,20 @@ class HotReadKey(SingleKey):
         if (service.split or service.merging or service.foreign) and \
                 service.serve_split(key, self.name, args, sink):
             return
+        self.rest(key, args, sink)
+
+    def rest(self, key: bytes, args: list[bytes], sink: Sink) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class HotReadKey(_HotKey):
+    """Reads: a replicated key from one of its copies, a tracked hot key from the near
+    cache."""
+
+    __slots__ = ()
+
+    def rest(self, key: bytes, args: list[bytes], sink: Sink) -> None:
+        service = self.service
         if service.copies and service.read_copy(key, args, sink):
             return
         watched = service.watched
@@ -54,32 +69,13 @@ class HotReadKey(SingleKey):
         return "to the key's node; hot keys from the near cache"
 
 
-class HotWriteKey(SingleKey):
-    """SingleKey for writes: the key is counted and invalidated (if cached) before sending."""
+class HotWriteKey(_HotKey):
+    """Writes: the key is invalidated (if cached) before sending."""
 
-    __slots__ = ("service",)
+    __slots__ = ()
 
-    def __init__(self, route: SingleKey, service) -> None:
-        super().__init__(route.name, route.arity, route.pos, _Placed(route.node_of))
-        self.service = service
-
-    def serve(self, args: list[bytes], sink: Sink) -> None:
-        n = len(args)
-        a = self.arity
-        if (n != a) if a > 0 else (n < -a):
-            sink.reply(self.arity_reply)
-            return
-        key = args[self.pos]
+    def rest(self, key: bytes, args: list[bytes], sink: Sink) -> None:
         service = self.service
-        detector = service.detector
-        left = detector.countdown
-        if left > 1:
-            detector.countdown = left - 1
-        else:
-            detector.observe(key)
-        if (service.split or service.merging or service.foreign) and \
-                service.serve_split(key, self.name, args, sink):
-            return
         watched = service.watched
         if watched and key in watched:
             service.cache.invalidate(key)
@@ -156,8 +152,7 @@ class HotMultiGet(Route):
             self.inner.serve(args, sink)
             return
         counters = {key: c for key in args[1:]
-                    if (c := service.split.get(key) or service.merging.get(key)
-                        or service._foreign_counter(key, "get")) is not None}
+                    if (c := service.counter_of(key, "get")) is not None}
         if not counters:
             self.inner.serve(args, sink)
             return

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -128,3 +130,32 @@ def raw_exchange(port: int, payload: bytes, expect_replies: int = 1, timeout: fl
             if not chunk:
                 return buf
             buf += chunk
+
+
+# ---------------------------------------------------------------- online topology changes
+
+
+def write_state_dir_config(tmp_path, nodes, extra: str = "") -> str:
+    """A proxy config over ``nodes`` with a state directory (topology changes allowed)."""
+    path = tmp_path / "ringleader.toml"
+    path.write_text(
+        "nodes = [" + ", ".join(f'"{n.address}"' for n in nodes) + "]\n"
+        f'state_dir = "{tmp_path / "state"}"\n' + extra)
+    return str(path)
+
+
+def admin(proxy, *args: str) -> dict:
+    """A ``RINGLEADER ...`` admin command through ``proxy``, its JSON reply decoded."""
+    reply = proxy.client(protocol=2).execute_command("RINGLEADER", *args)
+    return json.loads(reply)
+
+
+def wait_migrations(proxy, timeout: float = 120) -> list[dict]:
+    """Every migration's final state, once none is under way any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        migrations = admin(proxy, "MIGRATIONS")["migrations"]
+        if migrations and all(m["state"] in ("done", "failed", "cancelled") for m in migrations):
+            return migrations
+        assert time.monotonic() < deadline, f"migrations did not finish: {migrations}"
+        time.sleep(0.1)

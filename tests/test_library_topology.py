@@ -10,7 +10,6 @@ MIGRATE).
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -21,7 +20,8 @@ from typing import Any
 import pytest
 import redis
 import trio
-from helpers import direct
+from helpers import admin, direct, wait_migrations
+from helpers import write_state_dir_config as write_config
 
 from backends.local_nodes import RedisProcess
 from rebalancer.manager import new_shard
@@ -36,29 +36,6 @@ KEYS = 10_000
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def write_config(tmp_path, nodes: list[RedisProcess], extra: str = "") -> str:
-    path = tmp_path / "ringleader.toml"
-    path.write_text(
-        "nodes = [" + ", ".join(f'"{n.address}"' for n in nodes) + "]\n"
-        f'state_dir = "{tmp_path / "state"}"\n' + extra)
-    return str(path)
-
-
-def admin(proxy, *args: str) -> dict:
-    reply = proxy.client(protocol=2).execute_command("RINGLEADER", *args)
-    return json.loads(reply)
-
-
-def wait_migrations(proxy, timeout: float = 120) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        migrations = admin(proxy, "MIGRATIONS")["migrations"]
-        if migrations and all(m["state"] in ("done", "failed", "cancelled") for m in migrations):
-            return migrations
-        assert time.monotonic() < deadline, f"migrations did not finish: {migrations}"
-        time.sleep(0.1)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

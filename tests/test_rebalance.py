@@ -5,39 +5,16 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 import redis
-from helpers import HOST, direct
+from helpers import HOST, admin, direct, wait_migrations
+from helpers import write_state_dir_config as write_config
 
 from backends.local_nodes import RedisOptions, free_port, redis_ping, start_redis, wait_until
 from bench.consistency import Workload, prefill, verify
 
 KEYS = 20_000
-
-
-def write_config(tmp_path, nodes, extra: str = "") -> str:
-    path = tmp_path / "ringleader.toml"
-    path.write_text(
-        "nodes = [" + ", ".join(f'"{n.address}"' for n in nodes) + "]\n"
-        f'state_dir = "{tmp_path / "state"}"\n' + extra)
-    return str(path)
-
-
-def admin(proxy, *args):
-    reply = proxy.client(protocol=2).execute_command("RINGLEADER", *args)
-    return json.loads(reply)
-
-
-def wait_migrations(proxy, timeout: float = 120) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        migrations = admin(proxy, "MIGRATIONS")["migrations"]
-        if migrations and all(m["state"] in ("done", "failed", "cancelled") for m in migrations):
-            return migrations
-        assert time.monotonic() < deadline, f"migrations did not finish: {migrations}"
-        time.sleep(0.1)
 
 
 def assert_consistent(report) -> None:
