@@ -26,7 +26,7 @@ from router import resp
 from router.nodes import NodeSpec
 
 from .poller import IN, OUT, Poller
-from .slots import Slot
+from .slots import ItemsPart, Slot
 from .wakeup import close, send_all, tune
 
 log = logging.getLogger("ringleader.node")
@@ -229,7 +229,10 @@ class NodeConnection:
                     if end < 2:
                         break
                 else:
-                    end = resp.reply_end(buf, pos, n)
+                    if t == 42 and fifo and type(fifo[0]) is ItemsPart:
+                        end = fifo[0].frame(buf, pos, n)  # keeps the array's elements
+                    else:
+                        end = resp.reply_end(buf, pos, n)
                     if end < 0:
                         break
                 if not fifo:

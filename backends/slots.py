@@ -82,6 +82,26 @@ class Part:
         return parent.client
 
 
+class ItemsPart(Part):
+    """A part whose reply is an array the merge takes apart (MGET's values): the node
+    connection frames it with ``frame``, keeping its elements, and the merge gets that list
+    instead of the raw reply. A reply of another type (an error) still arrives raw."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, parent: FanoutSlot, index: int) -> None:
+        super().__init__(parent, index)
+        self.items: list[bytes] | None = None
+
+    def frame(self, buf: bytes, pos: int, n: int) -> int:
+        end, self.items = resp.array_elements(buf, pos, n)
+        return end
+
+    def fill(self, raw: bytes) -> Any | None:
+        items = self.items
+        return Part.fill(self, raw if items is None else items)  # type: ignore[arg-type]
+
+
 class Discard:
     """A reply nobody waits for (MULTI's +OK and the +QUEUED replies of a transaction sent in
     one batch): dropped on arrival."""

@@ -11,8 +11,6 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import hiredis
-
 from hotkeys.reserved import RESERVED
 
 from . import resp
@@ -380,32 +378,29 @@ def first_error(parts: list[bytes]) -> bytes | None:
 
 
 class SplitGet(_Split):
-    """MGET: each node returns its keys' values; the merge puts them back in request order."""
+    """MGET: each node returns its keys' values; the merge puts them back in request order.
+
+    The node connection hands each node's reply over already cut into its elements
+    (``takes_items``), so the values are scanned once and joined as they came, never
+    re-encoded; a reply that arrives whole (a node error, a migrating arc's) is cut here.
+    """
 
     __slots__ = ()
 
     def merger(self, nodes: list[int], order: list[int]) -> Merge:
-        def merge(parts: list[bytes], proto: int) -> bytes:
-            err = first_error(parts)
-            if err is not None:
-                return err
-            reader = hiredis.Reader()  # values are bulks or nulls: C parses them fastest
-            reader.feed(b"".join(parts))
-            values = {}
-            for node in nodes:
-                items = reader.gets()
-                if type(items) is not list:
-                    return resp.error("ERR ringleader: unexpected reply to a split MGET")
-                values[node] = iter(items)
-            merged = [next(values[node]) for node in order]
-            if None not in merged:  # every key exists: hiredis encodes the array in C
-                return hiredis.pack_command(tuple(merged))
-            null = resp.NULL3 if proto == 3 else resp.NULL2
-            out = [b"*%d\r\n" % len(order)]
-            for value in merged:
-                out.append(null if value is None else b"$%d\r\n%s\r\n" % (len(value), value))
-            return b"".join(out)
+        def merge(parts: list, proto: int) -> bytes:
+            columns = {}
+            for node, part in zip(nodes, parts, strict=True):
+                if type(part) is not list:
+                    if part[:1] in (b"-", b"!"):
+                        return part
+                    part = resp.split_reply_array(part)
+                    if part is None:
+                        return resp.error("ERR ringleader: unexpected reply to a split MGET")
+                columns[node] = iter(part)
+            return b"*%d\r\n" % len(order) + b"".join([next(columns[node]) for node in order])
 
+        merge.takes_items = True  # type: ignore[attr-defined]
         return merge
 
 

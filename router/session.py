@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from backends.node import DOWN, UP
 from backends.poller import IN, OUT
-from backends.slots import Discard, FanoutSlot, HookSlot, Part, Slot
+from backends.slots import Discard, FanoutSlot, HookSlot, ItemsPart, Part, Slot
 
 from . import resp
 from .pubsub import ALLOWED_WHILE_SUBSCRIBED, CONFIRMATIONS, Subscriptions, message_kind
@@ -115,8 +115,9 @@ class ClientSession:
         parent = FanoutSlot(self, len(calls), merge)
         self.pending.append(parent)
         conns = self.conns
+        kind = ItemsPart if getattr(merge, "takes_items", False) else Part
         for index, (node, _) in enumerate(calls):
-            part = Part(parent, index)
+            part = kind(parent, index)
             err = conns[node].submit(payloads[index], part)
             if err is not None:
                 part.fill(err)

@@ -69,6 +69,24 @@ def test_reply_boundaries_are_found_in_any_stream(values, proto, cuts):
         assert end == -1 or end <= cut
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(reply_values, min_size=1, max_size=10), st.sampled_from([2, 3]),
+       st.lists(st.integers(min_value=0, max_value=5000), max_size=10))
+def test_array_elements_frame_like_reply_end_and_cut_arrays_apart(values, proto, cuts):
+    stream = b"".join(resp.encode(v, proto) for v in values)
+    pos = 0
+    while pos < len(stream):
+        end, items = resp.array_elements(stream, pos, len(stream))
+        assert end == resp.reply_end(stream, pos, len(stream))
+        expected = resp.split_reply_array(stream[pos:end]) if stream[pos] == 42 else None
+        assert items == expected
+        pos = end
+    for cut in cuts:
+        cut %= len(stream)
+        if cut:
+            assert resp.array_elements(stream, 0, cut)[0] in (-1, resp.reply_end(stream, 0, cut))
+
+
 def test_reply_end_handles_every_resp3_type():
     samples = [b"+OK\r\n", b"-ERR x\r\n", b":5\r\n", b"$3\r\nabc\r\n", b"$-1\r\n", b"*-1\r\n",
                b"_\r\n", b",3.14\r\n", b"#t\r\n", b"(123\r\n", b"=8\r\ntxt:abcd\r\n",
