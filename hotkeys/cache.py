@@ -36,6 +36,9 @@ class NearCache:
         self.misses = 0
         self.invalidations = 0
         self.stored = 0
+        self.joined = 0
+        # reads sent to fill an entry: entry -> (version, sent at, sessions' slots waiting)
+        self._fills: dict[tuple, tuple[int, float, list]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -74,6 +77,29 @@ class NearCache:
             oldest = next(iter(self._entries))
             self._drop(oldest)
         return True
+
+    def waiters_of_fill(self, entry: tuple, version: int, now: float) -> list | None:
+        """The waiting list of a read already on its way to fill ``entry``, if a read of the
+        same key arriving now may share its reply: nothing invalidated the key since that read
+        was sent (same version) and it left less than a TTL ago. Sharing is as fresh as the
+        cache itself, and spares the node the burst of misses after every write of a hot key.
+        """
+        fill = self._fills.get(entry)
+        if fill is not None and fill[0] == version and now - fill[1] < self.ttl:
+            self.joined += 1
+            return fill[2]
+        return None
+
+    def begin_fill(self, entry: tuple, version: int, now: float) -> list:
+        """A read is sent to fill ``entry``: later reads can wait on the list returned."""
+        waiters: list = []
+        self._fills[entry] = (version, now, waiters)
+        return waiters
+
+    def end_fill(self, entry: tuple, waiters: list) -> None:
+        fill = self._fills.get(entry)
+        if fill is not None and fill[2] is waiters:
+            del self._fills[entry]
 
     def invalidate(self, key: bytes) -> None:
         """The key changed (or is about to): drop its entries, and refuse replies read before."""
@@ -118,4 +144,4 @@ class NearCache:
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._entries), "bytes": self.bytes, "hits": self.hits,
                 "misses": self.misses, "invalidations": self.invalidations,
-                "stored": self.stored}
+                "stored": self.stored, "joined": self.joined}

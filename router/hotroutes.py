@@ -96,17 +96,27 @@ class _Placed:
 
 
 def serve_cached(service, key: bytes, args: list[bytes], sink: Sink, node_of) -> None:
-    """A read of a tracked hot key: from the cache, or from the node, keeping the reply."""
+    """A read of a tracked hot key: from the cache; else sharing the reply of the same read
+    already on its way to the node; else from the node, keeping the reply."""
     cache = service.cache
     entry = (tuple(args), sink.proto)
-    raw = cache.get(entry, time.monotonic())
+    now = time.monotonic()
+    raw = cache.get(entry, now)
     if raw is not None:
         sink.reply(raw)
         return
     version = cache.version(key)
+    waiters = cache.waiters_of_fill(entry, version, now)
+    if waiters is not None:
+        waiters.append((sink, sink.reply_later()))
+        return
+    waiters = cache.begin_fill(entry, version, now)
 
     def store(reply: bytes) -> None:
+        cache.end_fill(entry, waiters)
         cache.put(entry, key, reply, version, time.monotonic())
+        for session, slot in waiters:
+            session.complete(slot, reply)
 
     sink.forward_observed(node_of(key), args, store)
 

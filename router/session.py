@@ -192,7 +192,7 @@ class ClientSession:
         self.pending.append(slot)
         err = self.conns[node].submit(payload, slot)
         if err is not None:
-            slot.data = err
+            slot.fill(err)  # the hook sees the failure too
 
     def forward_dedicated(self, node: int, args: list[bytes]) -> None:
         """Run on this client's own connection to ``node`` (blocking commands, WATCH)."""

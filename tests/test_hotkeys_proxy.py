@@ -90,6 +90,23 @@ def test_a_write_made_directly_on_the_node_reaches_readers_through_the_proxy(hot
         time.sleep(0.005)
 
 
+def test_reads_of_a_hot_key_after_a_write_share_one_node_read_and_see_the_write(hot_proxy, nodes):
+    client = hot_proxy().client()
+    client.set("burst", "v0")
+    make_hot(client, "burst")
+    node = owner(nodes, "burst")
+    for i in range(1, 51):
+        pipe = client.pipeline(transaction=False)
+        pipe.set("burst", f"v{i}")
+        for _ in range(20):
+            pipe.get("burst")
+        before = node_gets(node)
+        replies = pipe.execute()
+        assert replies[1:] == [f"v{i}".encode()] * 20
+        assert node_gets(node) - before <= 1  # one read refills; the others wait for it
+    assert client.info("hotkeys")["cache_joined"] >= 50 * 19
+
+
 def test_hot_keys_are_listed_in_info_with_their_node(hot_proxy, nodes):
     client = hot_proxy().client()
     client.set("listed", 1)
@@ -116,6 +133,28 @@ def test_cache_serves_an_entry_until_its_ttl():
     assert cache.put(("GET", "k"), b"k", b"$1\r\nv\r\n", cache.version(b"k"), now=0.0)
     assert cache.get(("GET", "k"), now=0.5) == b"$1\r\nv\r\n"
     assert cache.get(("GET", "k"), now=1.0) is None
+
+
+def test_a_read_may_share_a_fill_only_while_nothing_was_written_and_within_the_ttl():
+    cache = NearCache(ttl=1.0)
+    entry = ("GET", "k")
+    waiters = cache.begin_fill(entry, cache.version(b"k"), now=0.0)
+    assert cache.waiters_of_fill(entry, cache.version(b"k"), now=0.5) is waiters
+    assert cache.waiters_of_fill(entry, cache.version(b"k"), now=1.0) is None
+    cache.invalidate(b"k")
+    assert cache.waiters_of_fill(entry, cache.version(b"k"), now=0.5) is None
+
+
+def test_a_finished_fill_takes_no_more_waiters_but_a_newer_one_stays():
+    cache = NearCache(ttl=1.0)
+    entry = ("GET", "k")
+    first = cache.begin_fill(entry, cache.version(b"k"), now=0.0)
+    cache.invalidate(b"k")
+    second = cache.begin_fill(entry, cache.version(b"k"), now=0.1)
+    cache.end_fill(entry, first)  # the older read's reply arrives last: the newer fill stays
+    assert cache.waiters_of_fill(entry, cache.version(b"k"), now=0.2) is second
+    cache.end_fill(entry, second)
+    assert cache.waiters_of_fill(entry, cache.version(b"k"), now=0.2) is None
 
 
 def test_a_reply_that_raced_a_write_is_not_stored():
