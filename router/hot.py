@@ -86,6 +86,17 @@ class HotKeyService:
         #: replicated hot keys
         self.copies: dict[bytes, CopySet] = {}
         self.copy_reads = 0
+        #: True while any key is watched, replicated or split (here or by another proxy):
+        #: the hot routes take their slower path only then. Set before an entry is added to
+        #: any of those tables (``_engage``), cleared once a window when all are empty.
+        self.engaged = False
+
+    def _engage(self) -> None:
+        self.engaged = True
+
+    def _settle(self) -> None:
+        self.engaged = bool(self.watched or self.copies or self.split or self.merging
+                            or self.foreign)
 
     def cacheable(self, key: bytes) -> bool:
         return self.watched.get(key) == "ok"
@@ -120,6 +131,7 @@ class HotKeyService:
                     self._cooled(event.key)
             self._retrack()
             self._refresh_copies()
+            self._settle()
             if splitting and not self._learning:
                 self._learning = True
                 self.server.spawn(self._learn_foreign_splits)
@@ -128,6 +140,7 @@ class HotKeyService:
         mitigation = self.rules.for_key(key)
         log.info("hot key %r (%s)", key[:64], mitigation.kind)
         if mitigation.kind == "cache" and key not in self.watched:
+            self._engage()
             self.watched[key] = "pending"
             self._track(key)
         elif mitigation.kind == "split" and key not in self.split and key not in self.merging:
@@ -162,6 +175,7 @@ class HotKeyService:
         others = [node for node in sorted(tags) if node != owner][:max(count, 0)]
         if not others:
             return
+        self._engage()
         self.copies[key] = CopySet(key, owner, [(n, copy_key(tags[n], key)) for n in others])
         # writes from elsewhere must reach us before copies may serve: track the key
         if key not in self.watched:
@@ -280,6 +294,7 @@ class HotKeyService:
         except Exception as exc:
             log.warning("not splitting %r: registering its parts: %s", key[:64], exc)
             return
+        self._engage()
         self.split[key] = counter
         log.info("split counter %r over %d nodes", key[:64], len(counter.parts))
 
@@ -387,6 +402,8 @@ class HotKeyService:
                 owner = node_of(key)
                 if owner >= 0 and key not in self.split and key not in self.merging:
                     foreign[key] = [(owner, key), *sorted(parts)]
+            if foreign:
+                self._engage()
             self.foreign = foreign
         finally:
             self._learning = False

@@ -40,6 +40,9 @@ class _HotKey(SingleKey):
             detector.countdown = left - 1
         else:
             detector.observe(key)
+        if not service.engaged:  # no key is watched, replicated or split: nothing to do
+            sink.forward(self.node_of(key), args)
+            return
         if (service.split or service.merging or service.foreign) and \
                 service.serve_split(key, self.name, args, sink):
             return
