@@ -22,10 +22,14 @@ def copy_key(tag: bytes, key: bytes) -> bytes:
 class CopySet:
     """One replicated key: where its copies are and whether they may serve reads."""
 
-    def __init__(self, key: bytes, owner: int, copies: list[tuple[int, bytes]]) -> None:
+    def __init__(self, key: bytes, owner: int, copies: list[tuple[int, bytes]],
+                 places: list | None = None) -> None:
         self.key = key
         self.owner = owner
         self.copies = copies  # (node, copy name)
+        #: where each copy was made (node addresses): copies never move, and after a
+        #: topology change node indexes may mean other nodes, so they are dropped from here
+        self.places = places if places is not None else [None] * len(copies)
         self.version = 0  # bumped by every write
         self.active = False  # copies are current: reads may use them
         self.copying = False

@@ -167,8 +167,11 @@ async def _one_pass(client: NodeClient, progress: MoveProgress, belongs, head: l
             if settings.bytes_per_sec > 0:
                 sizes = await client.pipeline([("MEMORY", "USAGE", k) for k in batch])
                 await bytes_throttle.spend(sum(s for s in sizes if isinstance(s, int)))
-            if await _migrate(client, progress, head, batch) and on_moved is not None:
-                on_moved(batch)
+            if await _migrate(client, progress, head, batch):
+                if parts:  # they are the target's now: the source's registry forgets them
+                    await client.call("SREM", REGISTRY, *parts)
+                if on_moved is not None:
+                    on_moved(batch)
             found += len(batch)
             await keys_throttle.spend(len(batch))
         elapsed = max(time.monotonic() - started, 1e-6)

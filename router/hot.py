@@ -86,6 +86,9 @@ class HotKeyService:
         #: replicated hot keys
         self.copies: dict[bytes, CopySet] = {}
         self.copy_reads = 0
+        #: hot keys whose mitigation is replication -> copies wanted (their CopySet may be
+        #: missing for a while: retired by a topology change, or their arc is moving)
+        self._replicated: dict[bytes, int] = {}
         #: True while any key is watched, replicated or split (here or by another proxy):
         #: the hot routes take their slower path only then. Set before an entry is added to
         #: any of those tables (``_engage``), cleared once a window when all are empty.
@@ -145,8 +148,10 @@ class HotKeyService:
             self._track(key)
         elif mitigation.kind == "split" and key not in self.split and key not in self.merging:
             self.server.spawn(lambda: self._start_split(key, mitigation.split))
-        elif mitigation.kind == "replicate" and key not in self.copies:
-            self._start_copies(key, mitigation.copies)
+        elif mitigation.kind == "replicate":
+            self._replicated[key] = mitigation.copies
+            if key not in self.copies:
+                self._start_copies(key, mitigation.copies)
 
     def _cooled(self, key: bytes) -> None:
         if self.watched.pop(key, None) is not None:
@@ -155,6 +160,7 @@ class HotKeyService:
         if counter is not None:
             self.merging[key] = counter
             self.server.spawn(lambda: self._merge_back(counter))
+        self._replicated.pop(key, None)
         copies = self.copies.pop(key, None)
         if copies is not None:
             copies.written()
@@ -176,14 +182,20 @@ class HotKeyService:
         if not others:
             return
         self._engage()
-        self.copies[key] = CopySet(key, owner, [(n, copy_key(tags[n], key)) for n in others])
+        nodes = self.server.effective_nodes()
+        self.copies[key] = CopySet(key, owner, [(n, copy_key(tags[n], key)) for n in others],
+                                   [nodes[n] for n in others])
         # writes from elsewhere must reach us before copies may serve: track the key
         if key not in self.watched:
             self.watched[key] = "pending"
             self._track(key)
 
     def _refresh_copies(self) -> None:
-        """Copies a write made stale are made again while the key stays hot."""
+        """Copies a write made stale are made again while the key stays hot (and a key that
+        lost its copies to a topology change gets new ones)."""
+        for key, count in list(self._replicated.items()):
+            if key not in self.copies:
+                self._start_copies(key, count)
         for copies in self.copies.values():
             if not copies.active and not copies.copying and self.watched.get(copies.key) == "ok":
                 copies.copying = True
@@ -214,11 +226,14 @@ class HotKeyService:
             log.warning("copies of %r: %s", copies.key[:64], exc)
         finally:
             copies.copying = False
+        if self.copies.get(copies.key) is not copies:  # retired while being made
+            await self._drop_copies(copies)
 
     async def _drop_copies(self, copies: CopySet) -> None:
-        for node, name in copies.copies:
+        for (node, name), spec in zip(copies.copies, copies.places, strict=True):
             try:
-                async with await self._client(node) as client:  # unregistered once gone
+                connect = self._client(node) if spec is None else self._client_at(spec)
+                async with await connect as client:  # unregistered once gone
                     raise_first_error(await client.pipeline([("DEL", name),
                                                              ("SREM", REGISTRY, name)]))
             except Exception as exc:
@@ -231,10 +246,41 @@ class HotKeyService:
             copies.written()
 
     def topology_changed(self) -> None:
-        """Copies and parts were placed by the old ring: read owners until they are remade."""
-        for copies in self.copies.values():
+        """A new ring (node indexes may have shifted too). Copies are never moved, so they
+        are retired: reads go to the key's owner at once, the copies are dropped from the
+        nodes they were made on, and keys still hot get new copies at the next window. A
+        counter's parts move with their arcs, so each now lives where its name is placed."""
+        retired = list(self.copies.values())
+        self.copies.clear()
+        for copies in retired:
             copies.written()
+            if not copies.copying:  # else the copy job drops them when it ends
+                self.server.spawn(lambda copies=copies: self._drop_copies(copies))
         self._copy_tags = None
+        self._tags = None
+        # change reports come from the nodes the keys were on: track them again where they
+        # are now (served from the node meanwhile); keys refused on a moving arc retry too
+        for node, conn in list(self._tracking.items()):
+            conn.on_lost = None
+            conn.close()
+            self._waiting.pop(node, None)
+        self._tracking.clear()
+        self._prefixes.clear()
+        self.cache.clear()
+        for key in self.watched:
+            self.watched[key] = "lost"
+        for counter in (*self.split.values(), *self.merging.values()):
+            before = counter.parts
+            counter.parts = self._placed(before)
+            moved = [part for part, old in zip(counter.parts[1:], before[1:], strict=True)
+                     if part[0] != old[0] and part[0] >= 0]
+            if moved:  # a part that has not been created yet was not moved nor registered
+                self.server.spawn(lambda moved=moved: self._register_quietly(moved))
+        self.foreign = {key: self._placed(parts) for key, parts in self.foreign.items()}
+
+    def _placed(self, parts: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        node_of = self.server.placement.node_index
+        return [(node_of(name), name) for _, name in parts]
 
     def read_copy(self, key: bytes, args: list[bytes], sink) -> bool:
         """A read of a replicated key, spread over the owner and its copies."""
@@ -295,6 +341,7 @@ class HotKeyService:
             log.warning("not splitting %r: registering its parts: %s", key[:64], exc)
             return
         self._engage()
+        counter.parts = self._placed(counter.parts)  # the ring may have changed meanwhile
         self.split[key] = counter
         log.info("split counter %r over %d nodes", key[:64], len(counter.parts))
 
@@ -303,13 +350,21 @@ class HotKeyService:
         while counter.outstanding:
             await trio.sleep(0.01)
         try:
-            for node, name in counter.parts[1:]:
+            for _, name in counter.parts[1:]:
                 try:
+                    while (node := self.server.placement.node_index(name)) < 0:
+                        await trio.sleep(0.1)  # the part's arc is moving: fold it once landed
                     await self._fold(node, name, counter.key)
                 except Exception as exc:  # left on its node: the next start folds it
                     log.warning("folding %r back: %s", name[:64], exc)
         finally:
             self.merging.pop(counter.key, None)
+
+    async def _register_quietly(self, names: list[tuple[int, bytes]]) -> None:
+        try:
+            await self._register(names)
+        except Exception as exc:
+            log.warning("registering counter parts %r: %s", [n for _, n in names][:3], exc)
 
     async def _register(self, names: list[tuple[int, bytes]]) -> None:
         """Add reserved keys to their nodes' registries (before the keys exist)."""
@@ -360,11 +415,13 @@ class HotKeyService:
                 log.warning("folding leftover counter parts on node %d: %s", node, exc)
 
     async def _client(self, node: int):
+        return await self._client_at(self.server.effective_nodes()[node])
+
+    async def _client_at(self, spec):
         from backends.client import NodeClient
 
         config = self.server.config
-        return await NodeClient.connect(self.server.effective_nodes()[node],
-                                        username=config.node_username,
+        return await NodeClient.connect(spec, username=config.node_username,
                                         password=config.node_password, db=config.node_db)
 
     def counter_of(self, key: bytes, name: str) -> SplitCounter | None:
