@@ -117,9 +117,9 @@ def serve_cached(service, key: bytes, args: list[bytes], sink: Sink, node_of) ->
 
     def store(reply: bytes) -> None:
         cache.end_fill(entry, waiters)
-        cache.put(entry, key, reply, version, time.monotonic())
-        for session, slot in waiters:
+        for session, slot in waiters:  # before anything that could fail: none is left hanging
             session.complete(slot, reply)
+        cache.put(entry, key, reply, version, time.monotonic())
 
     sink.forward_observed(node_of(key), args, store)
 

@@ -227,6 +227,27 @@ def test_a_key_that_becomes_hot_is_flagged_within_two_windows():
     assert flagged_after is not None
 
 
+def test_a_key_just_over_the_threshold_is_flagged_within_two_windows():
+    # its decayed count still lags under the threshold after two windows (0.9x): it is
+    # promoted on its own requests since it was admitted at 3/4 of the threshold
+    clock = Clock()
+    det = detector(clock)
+    for _ in range(3):  # enough requests per window that 1.2x stands out from the noise
+        run_window(det, clock, {}, background=50_000)
+    run_window(det, clock, {b"warm": 600}, background=50_000)  # 1.2% against 1%
+    assert not det.is_hot(b"warm")
+    run_window(det, clock, {b"warm": 600}, background=50_000)
+    assert det.is_hot(b"warm")
+
+
+def test_a_steady_key_just_under_the_threshold_is_never_hot():
+    clock = Clock()
+    det = detector(clock)
+    for _ in range(10):
+        run_window(det, clock, {b"close": 450}, background=50_000)  # 0.9% against 1%
+    assert not det.is_hot(b"close")
+
+
 def test_a_key_under_the_threshold_is_never_hot():
     clock = Clock()
     det = detector(clock)
