@@ -32,7 +32,7 @@ each window's end, before the halving:
 - a tracked key, not hot, becomes hot when ``n > threshold`` *and* its own requests since
   it entered the table (exact, decayed alike) number at least ``PROMOTION_MIN_HITS`` and
   beat ``threshold_fraction`` of all requests since then by ``PROMOTION_Z`` Poisson standard
-  deviations. The sketch only nominates: a key admitted on an over-count (its cells shared
+  deviations (``SAMPLED_PROMOTION_Z`` when sampling). The sketch only nominates: a key admitted on an over-count (its cells shared
   with heavier keys; a "shadow" sharing all four with hot keys, about one key in a million
   here) is not promoted on that over-count, and noise must be well above the threshold
   share, not merely at it, to promote a key that hysteresis would then keep;
@@ -78,7 +78,10 @@ from hotkeys.topk import TopK
 # How far a candidate's own (sampled) requests since admission must beat the threshold
 # share to be promoted: at least this many, and this many standard deviations over it.
 PROMOTION_MIN_HITS = 10
-PROMOTION_Z = 1.0
+PROMOTION_Z = 0.5
+# Sampled, a decayed count is noisier too (and that test has no margin of its own): the
+# since-admission test holds back the extra false positives.
+SAMPLED_PROMOTION_Z = 1.0
 # Keys are tracked exactly from this fraction of the threshold share on, and a tracked key
 # still under the threshold (its decayed count lags: it only just rose) is promoted anyway
 # when its requests since admission beat the threshold share by FAST_PROMOTION_Z deviations.
@@ -147,6 +150,7 @@ class HotKeyDetector:
         self._closed_total = 0
         self._phi = threshold_fraction
         self._admit_phi = threshold_fraction * ADMISSION_FRACTION
+        self._promotion_z = PROMOTION_Z if sample_every == 1 else SAMPLED_PROMOTION_Z
         self._floor_count = 2.0 * floor_ops * window / sample_every
         self._to_rate = sample_every / (2.0 * window)
         self._clock = clock
@@ -244,7 +248,7 @@ class HotKeyDetector:
                 at, since = admitted[key]
                 if (n > threshold or n > self._floor_count
                         and self._kept_up(n, at, since, FAST_PROMOTION_Z)) \
-                        and self._kept_up(n, at, since, PROMOTION_Z):
+                        and self._kept_up(n, at, since, self._promotion_z):
                     del admitted[key]
                     hot[key] = _HotState(now, n)
                     events.append(HotKeyEvent(key, True, n * to_rate, now))
