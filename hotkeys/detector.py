@@ -157,9 +157,8 @@ class HotKeyDetector:
         self._window_start = clock()
         self._pending: list[HotKeyEvent] = []
         self._subscribers: list[Callable[[HotKeyEvent], None]] = []
-        #: Requests left until the next sampled one, counted down by ``observe`` (or, on a
-        #: hot path, by the caller itself: while it is over 1, decrement it and skip the
-        #: call; at 1, call ``observe``). Always 1 without sampling.
+        #: Requests left until the next sampled one, counted down by ``observe`` (or by a
+        #: caller sampling batches itself: see ``next_gap``). Always 1 without sampling.
         self.countdown = 1
         if sample_every > 1:
             draw = random.Random(seed).random
@@ -173,6 +172,15 @@ class HotKeyDetector:
 
     # -- the request path -------------------------------------------------------------------
 
+    def next_gap(self) -> int:
+        """Requests from one sampled request to the next (always 1 without sampling), for a
+        caller that samples a batch at once: it counts the request ``countdown - 1`` of the
+        batch with ``count`` and steps on by this, then leaves ``countdown`` at the rest."""
+        if self.sample_every == 1:
+            return 1
+        index = self._gap_index = (self._gap_index + 1) % GAPS
+        return self._gaps[index]
+
     def observe(self, key: bytes) -> bool:
         """Count one request for ``key``; True when ``key`` is hot (as of the last tick)."""
         total = self._total = self._total + 1
@@ -185,6 +193,9 @@ class HotKeyDetector:
         if est > self._floor_count and est > self._admit_phi * total:
             self._admit(key, est)
         return False
+
+    #: ``observe`` without sampling, whatever ``observe`` is: for callers sampling themselves.
+    count = observe
 
     def _observe_sampled(self, key: bytes) -> bool:
         left = self.countdown

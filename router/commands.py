@@ -486,6 +486,12 @@ class CommandSpec:
             fast_min = max(lo, ks.index + 1, ks.index - ks.lastkey)
         setattr_(self, "_fast_min", fast_min)
 
+    @property
+    def fixed_key_positions(self) -> tuple[int, ...] | None:
+        """Where the keys are when that depends on nothing else (GET: ``(1,)``; MGET, EVAL:
+        None): a valid request has them all, an invalid one may lack the later ones."""
+        return self._fixed
+
     # ---- flags
 
     @property

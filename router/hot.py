@@ -63,7 +63,7 @@ class HotKeyService:
             threshold_fraction=settings.threshold, floor_ops=settings.floor_ops,
             window=settings.window_ms / 1000, sample_every=settings.sample_every,
             topk=settings.topk, cool_windows=settings.cool_windows)
-        self.observe = self.detector.observe
+        self._key_specs: dict[bytes, object] = {}  # command name as sent -> spec, or False
         self.cache = NearCache(settings.cache_ttl_ms / 1000, settings.cache_max_entries,
                                settings.cache_max_bytes)
         self.rules = HotKeyRules(settings)
@@ -95,11 +95,75 @@ class HotKeyService:
         self.engaged = False
 
     def _engage(self) -> None:
-        self.engaged = True
+        if not self.engaged:
+            self.engaged = True
+            self.server.hot_routes_changed()  # the hot routes serve from the next batch on
 
     def _settle(self) -> None:
-        self.engaged = bool(self.watched or self.copies or self.split or self.merging
-                            or self.foreign)
+        engaged = bool(self.watched or self.copies or self.split or self.merging
+                       or self.foreign)
+        if engaged != self.engaged:
+            self.engaged = engaged
+            self.server.hot_routes_changed()
+
+    # ------------------------------------------------------------------ counting
+
+    def sample(self, requests: list[list[bytes]]) -> None:
+        """Count the keys of the requests the detector's sampling picks out of a client's
+        batch: one countdown step per batch rather than one per request, and no hot-key
+        code at all in the routes while no key is hot (``engaged``)."""
+        detector = self.detector
+        left = detector.countdown
+        n = len(requests)
+        if left > n:
+            detector.countdown = left - n
+            return
+        i = left - 1
+        known = self._key_specs
+        count = detector.count
+        while i < n:
+            args = requests[i]
+            position = known.get(args[0]) if args else None
+            if type(position) is int and position < len(args):  # GET, SET...: one key
+                count(args[position])
+            else:
+                self._count_keys(args)
+            i += detector.next_gap()
+        detector.countdown = i - n + 1
+
+    def _count_keys(self, args: list[bytes]) -> None:
+        if not args or type(args[0]) is not bytes:
+            return
+        known = self._key_specs
+        found = known.get(args[0])
+        if found is None:
+            table = self.server.table
+            top = table.lookup(args[:1])
+            if top is not None and not top.subcommands and len(known) < 4096:
+                # per command name as sent: its one key's position, its key positions, its
+                # spec (positions vary), or False (no keys)
+                fixed = top.fixed_key_positions
+                known[args[0]] = False if not top.has_keys else \
+                    top if not fixed else fixed[0] if len(fixed) == 1 else fixed
+            found = table.lookup(args)  # a container's subcommand has a spec of its own
+            if found is None or not found.has_keys:
+                return
+        elif found is False:
+            return
+        if type(found) is int:
+            positions = [found] if found < len(args) else []
+        elif type(found) is tuple:
+            positions = [p for p in found if p < len(args)]
+        else:
+            try:
+                positions = found.key_positions(args)
+            except Exception:  # malformed: its route answers the error; nothing to count
+                return
+        count = self.detector.count
+        for p in positions:
+            key = args[p]
+            if type(key) is bytes:
+                count(key)
 
     def cacheable(self, key: bytes) -> bool:
         return self.watched.get(key) == "ok"

@@ -1,9 +1,11 @@
 """Routes that take the load of hot keys off their node, wrapped around the plain ones.
 
-``HotRead`` counts the key, and for a hot key whose node reports its changes (tracked)
-serves the read from the near cache or fills the cache from the node's reply. ``HotWrite``
-counts the key and invalidates it in the cache *before* the write is sent. Both are chained
-in front of the ordinary route by the route table when hot-key mitigation is on.
+``HotRead`` serves a read of a hot key whose node reports its changes (tracked) from the
+near cache, or fills the cache from the node's reply. ``HotWrite`` invalidates the key in the
+cache *before* the write is sent. They are chained in front of the ordinary routes by the
+route table only while some key is watched, replicated or split (``HotKeyService.engaged``):
+the rest of the time the plain routes serve. Counting keys is not theirs to do: sessions
+hand their batches to ``HotKeyService.sample``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from .routes import Route, SingleKey, Sink
 
 
 class _HotKey(SingleKey):
-    """SingleKey with hot-key handling: the key is counted (sampled) and a split counter is
-    served over its parts; ``rest`` says what else a read or a write does."""
+    """SingleKey with hot-key handling: a split counter is served over its parts; ``rest``
+    says what else a read or a write does."""
 
     __slots__ = ("service",)
 
@@ -34,15 +36,6 @@ class _HotKey(SingleKey):
             return
         key = args[self.pos]
         service = self.service
-        detector = service.detector
-        left = detector.countdown
-        if left > 1:  # a request the sampling skips: the detector's own countdown, inlined
-            detector.countdown = left - 1
-        else:
-            detector.observe(key)
-        if not service.engaged:  # no key is watched, replicated or split: nothing to do
-            sink.forward(self.node_of(key), args)
-            return
         if (service.split or service.merging or service.foreign) and \
                 service.serve_split(key, self.name, args, sink):
             return
@@ -211,7 +204,6 @@ class HotRead(Route):
         service = self.service
         if len(args) > self.pos:
             key = args[self.pos]
-            service.observe(key)
             watched = service.watched
             if watched and watched.get(key) == "ok" and hasattr(sink, "forward_observed"):
                 serve_cached(service, key, args, sink, self.node_of)
@@ -240,7 +232,6 @@ class HotWrite(Route):
         if self.pos is not None:
             if len(args) > self.pos:
                 key = args[self.pos]
-                service.observe(key)
                 if watched and key in watched:
                     service.cache.invalidate(key)
                     service.key_written(key)
@@ -251,7 +242,6 @@ class HotWrite(Route):
                 positions = ()
             for p in positions:
                 key = args[p]
-                service.observe(key)
                 if watched and key in watched:
                     service.cache.invalidate(key)
                     service.key_written(key)

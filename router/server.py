@@ -155,9 +155,15 @@ class ProxyServer:
     # ------------------------------------------------------------------ topology
 
     def _route_table(self, topology) -> RouteTable:
+        hot = self.hot if self.hot is not None and self.hot.engaged else None
         return RouteTable(self.table, topology.placement(),
                           [n.address for n in topology.nodes()], self.config.route_options(),
-                          self.hot)
+                          hot)
+
+    def hot_routes_changed(self) -> None:
+        """Some key became hot with nothing hot before, or the last one cooled: the hot-key
+        routes come in or go (sessions take ``routes`` afresh with every batch)."""
+        self.routes = self._route_table(self.topology)
 
     def apply_topology(self, topology) -> None:
         """A new epoch: placement, routes and connection lists change together, in one step

@@ -509,6 +509,12 @@ class ClientSession:
             self.poller.client_dirty(self)
 
     def _run(self, requests: list[list[bytes]]) -> None:
+        hot = self.server.hot
+        if hot is not None and self.plain:
+            hot.sample(requests)  # the hot-key detector counts a batch's keys at once
+        self._serve(requests)
+
+    def _serve(self, requests: list[list[bytes]]) -> None:
         server = self.server
         pending = self.pending
         if self.plain and not self.closing and len(pending) + len(requests) <= self.max_pending:
@@ -578,7 +584,7 @@ class ClientSession:
             return
         if self.backlog:
             requests, self.backlog = self.backlog, []
-            self._run(requests)
+            self._serve(requests)  # counted already, when they were read
             if self.backlog:
                 return
         if not self.reading and not self.write_blocked:
