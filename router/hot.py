@@ -90,8 +90,8 @@ class HotKeyService:
         #: missing for a while: retired by a topology change, or their arc is moving)
         self._replicated: dict[bytes, int] = {}
         #: True while any key is watched, replicated or split (here or by another proxy):
-        #: the hot routes take their slower path only then. Set before an entry is added to
-        #: any of those tables (``_engage``), cleared once a window when all are empty.
+        #: the hot-key routes are in the route table only then. Set before an entry is added
+        #: to any of those tables (``_engage``), cleared once a window when all are empty.
         self.engaged = False
 
     def _engage(self) -> None:
@@ -123,9 +123,9 @@ class HotKeyService:
         count = detector.count
         while i < n:
             args = requests[i]
-            position = known.get(args[0]) if args else None
-            if type(position) is int and position < len(args):  # GET, SET...: one key
-                count(args[position])
+            position = known.get(args[0]) if args and type(args[0]) is bytes else None
+            if type(position) is int and position < len(args) and type(args[position]) is bytes:
+                count(args[position])  # GET, SET...: one key
             else:
                 self._count_keys(args)
             i += detector.next_gap()

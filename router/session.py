@@ -511,7 +511,10 @@ class ClientSession:
     def _run(self, requests: list[list[bytes]]) -> None:
         hot = self.server.hot
         if hot is not None and self.plain:
-            hot.sample(requests)  # the hot-key detector counts a batch's keys at once
+            try:
+                hot.sample(requests)  # the hot-key detector counts a batch's keys at once
+            except Exception:  # counting must never cost a request its reply
+                log.exception("hot-key counting failed")
         self._serve(requests)
 
     def _serve(self, requests: list[list[bytes]]) -> None:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import redis
-from helpers import direct
+from helpers import direct, raw_exchange
 from test_proxy_failures import eventually
 
 from hotkeys.cache import NearCache
@@ -105,6 +105,16 @@ def test_reads_of_a_hot_key_after_a_write_share_one_node_read_and_see_the_write(
         assert replies[1:] == [f"v{i}".encode()] * 20
         assert node_gets(node) - before <= 1  # one read refills; the others wait for it
     assert client.info("hotkeys")["cache_joined"] >= 50 * 19
+
+
+def test_a_request_with_a_nested_array_is_refused_and_the_proxy_keeps_counting(hot_proxy):
+    proxy = hot_proxy()
+    # GET with an array where its key should be: a protocol error, the connection closes
+    reply = raw_exchange(proxy.port, b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\nk\r\n", 1)
+    assert reply.startswith(b"-ERR Protocol error")
+    client = proxy.client()
+    client.set("after", "fine")
+    make_hot(client, "after")  # counting still works for everyone else
 
 
 def test_hot_keys_are_listed_in_info_with_their_node(hot_proxy, nodes):

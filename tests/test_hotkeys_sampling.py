@@ -64,3 +64,9 @@ def test_malformed_requests_count_nothing_and_raise_nothing():
     hot = service(1)
     hot.sample([[b"GET"], [b"EVAL", b"return 1", b"notanumber"], [b"NOSUCHCOMMAND", b"k"]])
     assert hot.detector._total == 0
+
+
+def test_requests_with_nested_arrays_count_nothing_and_raise_nothing():
+    hot = service(1)
+    hot.sample([[[b"GET"], b"k"], [b"GET", [b"x"]], [b"MSET", [b"a"], b"1"], []])
+    assert hot.detector._total == 0
