@@ -172,14 +172,26 @@ class HotKeyDetector:
 
     # -- the request path -------------------------------------------------------------------
 
-    def next_gap(self) -> int:
-        """Requests from one sampled request to the next (always 1 without sampling), for a
-        caller that samples a batch at once: it counts the request ``countdown - 1`` of the
-        batch with ``count`` and steps on by this, then leaves ``countdown`` at the rest."""
+    def picks(self, n: int) -> range | list[int]:
+        """Which of the next ``n`` requests the sampling counts (their indices, for the caller
+        to ``count``): a batch of requests steps the countdown once, not once per request.
+        The same requests as ``observe`` one at a time would pick."""
+        left = self.countdown
+        if left > n:
+            self.countdown = left - n
+            return ()  # type: ignore[return-value]
         if self.sample_every == 1:
-            return 1
-        index = self._gap_index = (self._gap_index + 1) % GAPS
-        return self._gaps[index]
+            return range(n)
+        gaps, index = self._gaps, self._gap_index
+        picked = []
+        i = left - 1
+        while i < n:
+            picked.append(i)
+            index = (index + 1) % GAPS
+            i += gaps[index]
+        self._gap_index = index
+        self.countdown = i - n + 1
+        return picked
 
     def observe(self, key: bytes) -> bool:
         """Count one request for ``key``; True when ``key`` is hot (as of the last tick)."""

@@ -114,22 +114,19 @@ class HotKeyService:
         code at all in the routes while no key is hot (``engaged``)."""
         detector = self.detector
         left = detector.countdown
-        n = len(requests)
-        if left > n:
-            detector.countdown = left - n
+        if left > len(requests):  # most batches: nothing picked (``picks``, inlined)
+            detector.countdown = left - len(requests)
             return
-        i = left - 1
+        picked = detector.picks(len(requests))
         known = self._key_specs
         count = detector.count
-        while i < n:
+        for i in picked:
             args = requests[i]
             position = known.get(args[0]) if args and type(args[0]) is bytes else None
             if type(position) is int and position < len(args) and type(args[position]) is bytes:
                 count(args[position])  # GET, SET...: one key
             else:
                 self._count_keys(args)
-            i += detector.next_gap()
-        detector.countdown = i - n + 1
 
     def _count_keys(self, args: list[bytes]) -> None:
         if not args or type(args[0]) is not bytes:
