@@ -24,7 +24,7 @@ from backends.slots import Discard, FanoutSlot, HookSlot, ItemsPart, Part, Slot
 
 from . import resp
 from .pubsub import ALLOWED_WHILE_SUBSCRIBED, CONFIRMATIONS, Subscriptions, message_kind
-from .resp import RequestReader, pack_command
+from .resp import REQUEST_OF_2, REQUEST_OF_3, RequestReader, pack_command
 from .transaction import (
     DISCARD_WITHOUT_MULTI,
     EXEC_WITHOUT_MULTI,
@@ -103,7 +103,18 @@ class ClientSession:
     # ------------------------------------------------------------------ sink API (routes)
 
     def forward(self, node: int, args: list[bytes]) -> None:
-        payload = pack_command(tuple(args))
+        n = len(args)
+        try:  # the request re-encoded for the node; the usual shapes without a call
+            if n == 2:
+                a, b = args
+                payload = REQUEST_OF_2 % (len(a), a, len(b), b)
+            elif n == 3:
+                a, b, c = args
+                payload = REQUEST_OF_3 % (len(a), a, len(b), b, len(c), c)
+            else:
+                payload = pack_command(tuple(args))
+        except TypeError:  # an argument a route made that is not bytes (an int, a str)
+            payload = pack_command(tuple(args))
         slot = Slot(self)
         self.pending.append(slot)
         err = self.conns[node].submit(payload, slot)

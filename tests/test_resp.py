@@ -149,3 +149,11 @@ def test_merged_array_elements_are_split_back():
                                             (3, b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n_\r\n")])
 def test_maps_are_flat_arrays_in_resp2_and_maps_in_resp3(proto, expected):
     assert resp.encode({"a": 1, "b": None}, proto) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=2, max_size=3))
+def test_the_formatted_request_encodings_match_pack_command(args):
+    form = resp.REQUEST_OF_2 if len(args) == 2 else resp.REQUEST_OF_3
+    encoded = form % tuple(part for arg in args for part in (len(arg), arg))
+    assert encoded == resp.pack_command(tuple(args))
