@@ -73,10 +73,13 @@ def _compile(hash_fn: Callable[[bytes], int], distribution: Distribution,
     if tag is None:
         return ring
 
+    opening_byte = opening[0]
+
     def ring_tagged(key: bytes) -> int:
-        # hashed_part() inlined: this runs for every key of every request
-        start = key.find(opening)
-        if start >= 0:
+        # hashed_part() inlined: this runs for every key of every request. A byte's
+        # membership test (no method call) rules out most keys, which have no tag.
+        if opening_byte in key:
+            start = key.find(opening)
             end = key.find(closing, start + 1)
             if end > start + 1:
                 key = key[start + 1:end]
