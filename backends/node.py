@@ -209,6 +209,8 @@ class NodeConnection:
             self._deliver_pushes(buf)
             return
         fifo = self.fifo
+        popleft = fifo.popleft
+        find = buf.find
         n = len(buf)
         pos = 0
         touched = []
@@ -217,7 +219,7 @@ class NodeConnection:
                 # fast path for the common one-line and bulk replies, else the general scanner
                 t = buf[pos]
                 if t == 36:  # '$'
-                    nl = buf.find(b"\r\n", pos)
+                    nl = find(b"\r\n", pos)
                     if nl < 0:
                         break
                     length = int(buf[pos + 1:nl])
@@ -225,7 +227,7 @@ class NodeConnection:
                     if end > n:
                         break
                 elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
-                    end = buf.find(b"\r\n", pos) + 2
+                    end = find(b"\r\n", pos) + 2
                     if end < 2:
                         break
                 else:
@@ -237,7 +239,7 @@ class NodeConnection:
                         break
                 if not fifo:
                     raise resp.ProtocolError("a reply nobody asked for")
-                entry = fifo.popleft()
+                entry = popleft()
                 if type(entry) is Slot:  # the common case, inlined
                     entry.data = buf[pos:end]
                     client = entry.client

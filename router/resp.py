@@ -291,13 +291,14 @@ class RequestReader:
         reader = self._reader
         reader.feed(data)
         requests: list[list[bytes]] = []
+        gets, append = reader.gets, requests.append
         try:
-            request = reader.gets()
+            request = gets()
             while request is not False:
                 if type(request) is not list:
                     raise ProtocolError(f"expected '*', got a {type(request).__name__}")
-                requests.append(request)
-                request = reader.gets()
+                append(request)
+                request = gets()
         except hiredis.ProtocolError as exc:
             raise ProtocolError(_clean_hiredis_error(exc)) from None
         if requests:

@@ -628,15 +628,16 @@ class ClientSession:
             return
         pending = self.pending
         out = self.out
+        blocked = self.write_blocked
         while pending:
             data = pending[0].data
             if data is None:
                 break
             out.append(data)
             pending.popleft()
-            if self.write_blocked:
+            if blocked:
                 self.out_bytes += len(data)
-        if self.write_blocked:
+        if blocked:
             if self.out_bytes > self.max_output:
                 log.warning("client %d (%s): %d reply bytes unread, over limits.max_output_bytes;"
                             " disconnecting it", self.client_id, self.peer, self.out_bytes)
