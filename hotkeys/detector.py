@@ -32,10 +32,11 @@ each window's end, before the halving:
 - a tracked key, not hot, becomes hot when ``n > threshold`` *and* its own requests since
   it entered the table (exact, decayed alike) number at least ``PROMOTION_MIN_HITS`` and
   beat ``threshold_fraction`` of all requests since then by ``PROMOTION_Z`` Poisson standard
-  deviations (``SAMPLED_PROMOTION_Z`` when sampling). The sketch only nominates: a key admitted on an over-count (its cells shared
-  with heavier keys; a "shadow" sharing all four with hot keys, about one key in a million
-  here) is not promoted on that over-count, and noise must be well above the threshold
-  share, not merely at it, to promote a key that hysteresis would then keep;
+  deviations (``SAMPLED_PROMOTION_Z`` when sampling). The sketch only nominates: a key
+  admitted on an over-count (its cells shared with heavier keys; a "shadow" sharing all four
+  with hot keys, about one key in a million here) is not promoted on that over-count, and
+  noise must be above the threshold share, not merely at it, to promote a key that
+  hysteresis would then keep;
 - a tracked key still under the threshold is promoted all the same when its requests since
   admission beat the threshold share by ``FAST_PROMOTION_Z`` deviations: its decayed count
   lags a rise in its rate (see below), its own recent requests do not;
@@ -157,8 +158,8 @@ class HotKeyDetector:
         self._window_start = clock()
         self._pending: list[HotKeyEvent] = []
         self._subscribers: list[Callable[[HotKeyEvent], None]] = []
-        #: Requests left until the next sampled one, counted down by ``observe`` (or by a
-        #: caller sampling batches itself: see ``next_gap``). Always 1 without sampling.
+        #: Requests left until the next sampled one, counted down by ``observe`` (or, a batch
+        #: at a time, by ``picks``). Always 1 without sampling.
         self.countdown = 1
         if sample_every > 1:
             draw = random.Random(seed).random
@@ -269,9 +270,8 @@ class HotKeyDetector:
             state = hot.get(key)
             if state is None:
                 at, since = admitted[key]
-                if (n > threshold or n > self._floor_count
-                        and self._kept_up(n, at, since, FAST_PROMOTION_Z)) \
-                        and self._kept_up(n, at, since, self._promotion_z):
+                risen = n > self._floor_count and self._kept_up(n, at, since, FAST_PROMOTION_Z)
+                if (n > threshold or risen) and self._kept_up(n, at, since, self._promotion_z):
                     del admitted[key]
                     hot[key] = _HotState(now, n)
                     events.append(HotKeyEvent(key, True, n * to_rate, now))
@@ -300,8 +300,8 @@ class HotKeyDetector:
     def _kept_up(self, n: int, at_admission: int, total_at_admission: int, z: float) -> bool:
         # The candidate's own requests since admission, counted exactly, against what a key
         # exactly at the threshold share would have had: at least PROMOTION_MIN_HITS (fewer,
-        # and a few lucky requests would decide) and PROMOTION_Z standard deviations
-        # (Poisson) more than that expectation.
+        # and a few lucky requests would decide) and ``z`` standard deviations (Poisson) more
+        # than that expectation.
         hits = n - at_admission
         expected = self._phi * (self._total - total_at_admission)
         return hits >= PROMOTION_MIN_HITS and hits > expected + z * math.sqrt(expected)
