@@ -42,6 +42,8 @@ import hiredis
 from router import resp
 from router.nodes import NodeSpec
 
+from .slots import Discard
+
 log = logging.getLogger("ringleader.migrating")
 
 
@@ -232,16 +234,8 @@ MULTI = resp.pack_command((b"MULTI",))
 EXEC = resp.pack_command((b"EXEC",))
 
 
-class _Skip:
-    """MULTI's +OK and the +QUEUED replies of a read run in place: nothing to do."""
-
-    __slots__ = ()
-
-    def fill(self, raw: bytes) -> None:
-        return None
-
-
-_SKIP = _Skip()
+#: MULTI's +OK and the +QUEUED replies of a read run in place: dropped on arrival.
+_SKIP = Discard()
 
 
 class _Acked:

@@ -5,8 +5,8 @@
 more than a tiny share, so nothing is flagged and every request pays only for detection).
 The two proxies are run alternately, run by run, so machine drift hits both alike, and both
 are restarted for every repeat, the order they start in alternating too: an A/A run
-(``--control``, two plain proxies) showed the proxy started second 3-7% slower through a
-whole run on this 2-core machine. The table shows medians and the ratio with / without (the
+(``--control``, two plain proxies) showed the proxy started second 5-7% slower in three
+cells of four through a whole run on this 2-core machine. The table shows medians and the ratio with / without (the
 hot-keys issue's target: within 5%).
 """
 

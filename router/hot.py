@@ -63,7 +63,8 @@ class HotKeyService:
             threshold_fraction=settings.threshold, floor_ops=settings.floor_ops,
             window=settings.window_ms / 1000, sample_every=settings.sample_every,
             topk=settings.topk, cool_windows=settings.cool_windows)
-        self._key_specs: dict[bytes, object] = {}  # command name as sent -> spec, or False
+        #: command name as sent -> the position of its one key (None: none, or not fixed)
+        self._key_specs: dict[bytes, int | None] = {}
         self.cache = NearCache(settings.cache_ttl_ms / 1000, settings.cache_max_entries,
                                settings.cache_max_bytes)
         self.rules = HotKeyRules(settings)
@@ -129,33 +130,23 @@ class HotKeyService:
                 self._count_keys(args)
 
     def _count_keys(self, args: list[bytes]) -> None:
+        """The general way: the command's spec says where its keys are. A command whose one
+        key has a fixed place is remembered by name (as sent), for ``sample``'s short way."""
         if not args or type(args[0]) is not bytes:
             return
-        known = self._key_specs
-        found = known.get(args[0])
-        if found is None:
-            table = self.server.table
-            top = table.lookup(args[:1])
-            if top is not None and not top.subcommands and len(known) < 4096:
-                # per command name as sent: its one key's position, its key positions, its
-                # spec (positions vary), or False (no keys)
-                fixed = top.fixed_key_positions
-                known[args[0]] = False if not top.has_keys else \
-                    top if not fixed else fixed[0] if len(fixed) == 1 else fixed
-            found = table.lookup(args)  # a container's subcommand has a spec of its own
-            if found is None or not found.has_keys:
-                return
-        elif found is False:
+        table = self.server.table
+        spec = table.lookup(args)
+        if spec is None or not spec.has_keys:
             return
-        if type(found) is int:
-            positions = [found] if found < len(args) else []
-        elif type(found) is tuple:
-            positions = [p for p in found if p < len(args)]
-        else:
-            try:
-                positions = found.key_positions(args)
-            except Exception:  # malformed: its route answers the error; nothing to count
-                return
+        known = self._key_specs
+        if args[0] not in known and len(known) < 4096:
+            top = table.lookup(args[:1])  # a container's own spec: its subcommands differ
+            fixed = None if top is None or top.subcommands else top.fixed_key_positions
+            known[args[0]] = fixed[0] if fixed is not None and len(fixed) == 1 else None
+        try:
+            positions = spec.key_positions(args)
+        except Exception:  # malformed: its route answers the error; nothing to count
+            return
         count = self.detector.count
         for p in positions:
             key = args[p]
