@@ -88,6 +88,9 @@ class NodeConnection:
         self.sock: socket.socket | None = None
         self._unsent: memoryview | None = None  # what the last send could not take
         self._inbuf = b""
+        #: the header of the last bulk reply read and that reply's length in bytes: the
+        #: next reply starting with the same header is framed without parsing its length
+        self._bulk_head, self._bulk_size = b"\0", 0
         self._failed = trio.Event()
         self._replies = 0  # replies received: the watchdog's progress counter
         self._down_error = resp.error(f"ERR ringleader: node {self.address} is down")
@@ -211,32 +214,45 @@ class NodeConnection:
         fifo = self.fifo
         popleft = fifo.popleft
         find = buf.find
+        startswith = buf.startswith
+        head, size = self._bulk_head, self._bulk_size
         n = len(buf)
         pos = 0
         touched = []
         try:
             while pos < n:
-                # fast path for the common one-line and bulk replies, else the general scanner
-                t = buf[pos]
-                if t == 36:  # '$'
-                    nl = find(b"\r\n", pos)
-                    if nl < 0:
-                        break
-                    length = int(buf[pos + 1:nl])
-                    end = nl + 4 + length if length >= 0 else nl + 2
+                # fast paths for the common replies, else the general scanner. First: a bulk
+                # reply of the same length as the last one (a run of GETs of like values),
+                # told by its header alone: no number to parse
+                if startswith(head, pos):
+                    end = pos + size
                     if end > n:
                         break
-                elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
-                    end = find(b"\r\n", pos) + 2
-                    if end < 2:
-                        break
                 else:
-                    if t == 42 and fifo and type(fifo[0]) is ItemsPart:
-                        end = fifo[0].frame(buf, pos, n)  # keeps the array's elements
+                    t = buf[pos]
+                    if t == 36:  # '$'
+                        nl = find(b"\r\n", pos)
+                        if nl < 0:
+                            break
+                        length = int(buf[pos + 1:nl])
+                        if length >= 0:
+                            end = nl + 4 + length
+                            head, size = buf[pos:nl + 2], end - pos
+                        else:
+                            end = nl + 2
+                        if end > n:
+                            break
+                    elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
+                        end = find(b"\r\n", pos) + 2
+                        if end < 2:
+                            break
                     else:
-                        end = resp.reply_end(buf, pos, n)
-                    if end < 0:
-                        break
+                        if t == 42 and fifo and type(fifo[0]) is ItemsPart:
+                            end = fifo[0].frame(buf, pos, n)  # keeps the array's elements
+                        else:
+                            end = resp.reply_end(buf, pos, n)
+                        if end < 0:
+                            break
                 if not fifo:
                     raise resp.ProtocolError("a reply nobody asked for")
                 entry = popleft()
@@ -255,6 +271,7 @@ class NodeConnection:
                 self.poller.clients_dirty(touched)
             self.lost(f"sent a malformed reply ({exc})")
             return
+        self._bulk_head, self._bulk_size = head, size
         self._inbuf = buf[pos:] if pos < n else b""
         self._replies += 1
         self.replies_total = self.requests_total - len(fifo)

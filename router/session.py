@@ -24,7 +24,16 @@ from backends.slots import Discard, FanoutSlot, HookSlot, ItemsPart, Part, Slot
 
 from . import resp
 from .pubsub import ALLOWED_WHILE_SUBSCRIBED, CONFIRMATIONS, Subscriptions, message_kind
-from .resp import REQUEST_OF_2, REQUEST_OF_3, RequestReader, pack_command
+from .resp import (
+    BULK_HEADS,
+    CRLF,
+    HEADS,
+    REQUEST_OF_2,
+    REQUEST_OF_3,
+    RequestReader,
+    pack_command,
+    request_head,
+)
 from .transaction import (
     DISCARD_WITHOUT_MULTI,
     EXEC_WITHOUT_MULTI,
@@ -41,6 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ringleader.session")
 
 RECV_SIZE = 64 * 1024
+
+HEADS_2, HEADS_3 = HEADS[2], HEADS[3]
+join = b"".join
 
 
 _UNAUTHENTICATED_OK = frozenset({b"AUTH", b"HELLO", b"QUIT"})
@@ -104,15 +116,19 @@ class ClientSession:
 
     def forward(self, node: int, args: list[bytes]) -> None:
         n = len(args)
-        try:  # the request re-encoded for the node; the usual shapes without a call
+        try:  # the request re-encoded for the node; the usual shapes joined from ready pieces
             if n == 2:
                 a, b = args
-                payload = REQUEST_OF_2 % (len(a), a, len(b), b)
+                payload = join((HEADS_2.get(a) or request_head(2, a), BULK_HEADS[len(b)], b, CRLF))
             elif n == 3:
                 a, b, c = args
-                payload = REQUEST_OF_3 % (len(a), a, len(b), b, len(c), c)
+                payload = join((HEADS_3.get(a) or request_head(3, a), BULK_HEADS[len(b)], b, CRLF,
+                                BULK_HEADS[len(c)], c, CRLF))
             else:
                 payload = pack_command(tuple(args))
+        except IndexError:  # a value of 1024 bytes or more: no ready header for it
+            payload = (REQUEST_OF_2 % (len(a), a, len(b), b) if n == 2 else
+                       REQUEST_OF_3 % (len(a), a, len(b), b, len(c), c))
         except TypeError:  # an argument a route made that is not bytes (an int, a str)
             payload = pack_command(tuple(args))
         slot = Slot(self)

@@ -157,3 +157,19 @@ def test_the_formatted_request_encodings_match_pack_command(args):
     form = resp.REQUEST_OF_2 if len(args) == 2 else resp.REQUEST_OF_3
     encoded = form % tuple(part for arg in args for part in (len(arg), arg))
     assert encoded == resp.pack_command(tuple(args))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([b"GET", b"get", b"SET", b"x" * 40]),
+       st.lists(st.binary(max_size=1023), min_size=1, max_size=2))
+def test_requests_joined_from_ready_heads_match_pack_command(name, rest):
+    count = 1 + len(rest)
+    head = resp.HEADS[count].get(name) or resp.request_head(count, name)
+    encoded = head + b"".join(resp.BULK_HEADS[len(arg)] + arg + resp.CRLF for arg in rest)
+    assert encoded == resp.pack_command((name, *rest))
+    assert resp.HEADS[count][name] == head
+
+
+def test_a_command_name_that_is_not_bytes_gets_no_ready_head():
+    with pytest.raises(TypeError):
+        resp.request_head(2, "get")
