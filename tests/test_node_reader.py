@@ -6,6 +6,7 @@ whose digits are a prefix of another's (6 and 64) are what these tests feed it."
 from __future__ import annotations
 
 import socket
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,7 +38,7 @@ def connected_reader(proto: int = 2) -> tuple[NodeConnection, socket.socket, Pol
 
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+    return [data[a:b] for a, b in pairwise(points) if b > a]
 
 
 like_values = st.sampled_from([None, b"", b"x" * 6, b"y" * 6, b"z" * 64, b"w" * 640, b"\r\n$6\r\n"])
