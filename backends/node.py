@@ -228,6 +228,8 @@ class NodeConnection:
                     end = pos + size
                     if end > n:
                         break
+                elif startswith(b"+OK\r\n", pos):  # SET's, MSET's...: the other usual reply
+                    end = pos + 5
                 else:
                     t = buf[pos]
                     if t == 36:  # '$'
