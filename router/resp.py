@@ -37,7 +37,7 @@ _MAX_HEADS = 512  # spellings kept per count: a client inventing casings cannot 
 
 
 def request_head(count: int, name: bytes) -> bytes:
-    """``*<count>\r\n$<len>\r\n<name>\r\n``, kept in ``HEADS`` for the next request;
+    r"""``*<count>\r\n$<len>\r\n<name>\r\n``, kept in ``HEADS`` for the next request;
     TypeError when ``name`` is not bytes (the caller then falls back to ``pack_command``)."""
     if type(name) is not bytes:
         raise TypeError("a command name must be bytes")

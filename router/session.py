@@ -127,8 +127,11 @@ class ClientSession:
             else:
                 payload = pack_command(tuple(args))
         except IndexError:  # a value of 1024 bytes or more: no ready header for it
-            payload = (REQUEST_OF_2 % (len(a), a, len(b), b) if n == 2 else
-                       REQUEST_OF_3 % (len(a), a, len(b), b, len(c), c))
+            try:
+                payload = (REQUEST_OF_2 % (len(a), a, len(b), b) if n == 2 else
+                           REQUEST_OF_3 % (len(a), a, len(b), b, len(c), c))
+            except TypeError:
+                payload = pack_command(tuple(args))
         except TypeError:  # an argument a route made that is not bytes (an int, a str)
             payload = pack_command(tuple(args))
         slot = Slot(self)

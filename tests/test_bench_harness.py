@@ -274,3 +274,15 @@ def test_profile_can_load_any_table_row():
     assert workload_named("mget10").name == "MGET10 P1"
     with pytest.raises(ValueError, match="get16"):
         workload_named("nope")
+
+
+def test_the_ab_report_gives_medians_and_the_candidate_to_base_ratio():
+    from bench.ab import Side, report_line
+
+    workload = select_workloads("get16")[0]
+    base = Side(rps=[100.0, 300.0, 200.0], user_us=[2.0, 2.4, 2.2], sys_us=[0.5, 0.7, 0.6])
+    cand = Side(rps=[110.0, 330.0, 180.0], user_us=[1.9, 2.1, 2.0], sys_us=[0.6, 0.6, 0.6])
+    line = report_line(workload, base, cand)
+    assert "base       200" in line and "candidate       180" in line
+    assert "(0.900; per run 1.10, 1.10, 0.90)" in line
+    assert "user 2.20 -> 2.00, system 0.60 -> 0.60" in line

@@ -19,6 +19,18 @@ def test_get_returns_what_set_stored(proxy):
     assert client.get("greeting") == b"hello"
 
 
+@pytest.mark.parametrize("size", [1023, 1024, 5000])
+def test_keys_and_values_of_any_length_go_through_untouched(proxy, nodes, size):
+    # requests of two and three arguments are joined from ready length headers below 1024
+    # bytes and formatted above: both sides of the edge, for the key and for the value
+    client = proxy.client()
+    key, value = b"k" * size, bytes(range(256)) * (size // 256) + b"\r\n" * 3
+    assert client.set(key, value) is True
+    assert client.get(key) == value
+    owner = nodes[placement_for(nodes).node_index(key)]
+    assert direct(owner).get(key) == value
+
+
 def test_each_key_lands_on_the_node_its_placement_names(proxy, nodes):
     client = proxy.client()
     placement = placement_for(nodes)
