@@ -221,18 +221,14 @@ class NodeConnection:
         touched = []
         try:
             while pos < n:
-                # fast paths for the common replies, else the general scanner. First: a bulk
-                # reply of the same length as the last one (a run of GETs of like values),
-                # told by its header alone: no number to parse
-                if startswith(head, pos):
-                    end = pos + size
-                    if end > n:
-                        break
-                elif startswith(b"+OK\r\n", pos):  # SET's, MSET's...: the other usual reply
-                    end = pos + 5
-                else:
-                    t = buf[pos]
-                    if t == 36:  # '$'
+                # fast paths for the common replies, else the general scanner. A bulk reply
+                # whose header is the same as the last bulk's (a run of GETs of like values)
+                # is framed by that header alone: no number to parse
+                t = buf[pos]
+                if t == 36:  # '$'
+                    if startswith(head, pos):
+                        end = pos + size
+                    else:
                         nl = find(b"\r\n", pos)
                         if nl < 0:
                             break
@@ -242,19 +238,19 @@ class NodeConnection:
                             head, size = buf[pos:nl + 2], end - pos
                         else:
                             end = nl + 2
-                        if end > n:
-                            break
-                    elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
-                        end = find(b"\r\n", pos) + 2
-                        if end < 2:
-                            break
+                    if end > n:
+                        break
+                elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
+                    end = find(b"\r\n", pos) + 2
+                    if end < 2:
+                        break
+                else:
+                    if t == 42 and fifo and type(fifo[0]) is ItemsPart:
+                        end = fifo[0].frame(buf, pos, n)  # keeps the array's elements
                     else:
-                        if t == 42 and fifo and type(fifo[0]) is ItemsPart:
-                            end = fifo[0].frame(buf, pos, n)  # keeps the array's elements
-                        else:
-                            end = resp.reply_end(buf, pos, n)
-                        if end < 0:
-                            break
+                        end = resp.reply_end(buf, pos, n)
+                    if end < 0:
+                        break
                 if not fifo:
                     raise resp.ProtocolError("a reply nobody asked for")
                 entry = popleft()

@@ -1,8 +1,8 @@
 """A node connection's reply reader: every request's entry gets exactly its own reply, however
 the replies are cut into reads. The reader frames a bulk reply with the same header as the
-last one without parsing its length, and ``+OK`` from its first bytes, so runs of like
-values, changes of length, lengths whose digits are a prefix of another's (6 and 64) and
-lines that start like ``+OK`` are what these tests feed it."""
+last one without parsing its length, so runs of like values, changes of length, lengths
+whose digits are a prefix of another's (6 and 64), nulls and one-line replies between them
+are what these tests feed it."""
 
 from __future__ import annotations
 
@@ -45,8 +45,7 @@ def cut(data: bytes, cuts: list[int]) -> list[bytes]:
 like_values = st.sampled_from([None, b"", b"x" * 6, b"y" * 6, b"z" * 64, b"w" * 640, b"\r\n$6\r\n"])
 any_reply = st.one_of(like_values, st.integers(min_value=-5, max_value=10**6),
                       st.lists(like_values, max_size=5)).map(resp.encode)
-#: status and error lines, some of which start like ``+OK``, which the reader also frames
-#: from its first bytes
+#: status and error lines between the bulk replies
 lines = st.sampled_from([b"+OK\r\n", b"+OKAY\r\n", b"+O\r\n", b"+QUEUED\r\n", b"-ERR x\r\n"])
 
 
