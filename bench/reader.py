@@ -50,13 +50,14 @@ def module_at(ref: str) -> ModuleType:
     """``backends/node.py`` as of git revision ``ref``, loaded under another name."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{ref}:backends/node.py"],
                             check=True, capture_output=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="ringleader-reader-")) / "node_base.py"
-    path.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("backends.node_base", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being made
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="ringleader-reader-") as tmp:
+        path = Path(tmp) / "node_base.py"
+        path.write_bytes(source)
+        spec = importlib.util.spec_from_file_location("backends.node_base", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while being made
+        spec.loader.exec_module(module)  # compiled now: the file may go
     return module
 
 
