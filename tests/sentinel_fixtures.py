@@ -18,6 +18,7 @@ import trio
 from conftest import require
 
 from backends.local_nodes import (
+    RedisOptions,
     RedisProcess,
     SentinelProcess,
     find_sentinel,
@@ -48,9 +49,14 @@ class SentinelShard:
     def sentinel_addresses(self) -> list[Address]:
         return [(s.host, s.port) for s in self.sentinels]
 
-    def restart_primary(self) -> RedisProcess:
-        """Bring a killed primary back on its old port, empty (no persistence)."""
-        self.primary = start_redis(self.primary.port, binary=self.primary.proc.args[0])
+    def restart_primary(self, replica_of: RedisProcess | None = None) -> RedisProcess:
+        """Bring a killed primary back on its old port, empty (no persistence); with
+        ``replica_of``, as that node's replica from its first moment, as an operator brings
+        back a node that kept no data: an empty node that starts as a primary can be taken
+        for one by a sentinel that missed the failover, and wipe the new primary."""
+        options = RedisOptions(replicaof=replica_of.address) if replica_of is not None else None
+        self.primary = start_redis(self.primary.port, options=options,
+                                   binary=self.primary.proc.args[0])
         self.started.append(self.primary)
         return self.primary
 
