@@ -24,6 +24,7 @@ import trio
 
 from router import resp
 from router.nodes import NodeSpec
+from router.resp import NULL2, bulk_end
 
 from .poller import IN, OUT, Poller
 from .slots import ItemsPart, Slot
@@ -228,18 +229,16 @@ class NodeConnection:
                 if t == 36:  # '$'
                     if startswith(head, pos):
                         end = pos + size
-                    else:
-                        nl = find(b"\r\n", pos)
-                        if nl < 0:
+                        if end > n:
                             break
-                        length = int(buf[pos + 1:nl])
-                        if length >= 0:
-                            end = nl + 4 + length
-                            head, size = buf[pos:nl + 2], end - pos
-                        else:
-                            end = nl + 2
-                    if end > n:
-                        break
+                    elif startswith(NULL2, pos):  # a missing key's null
+                        end = pos + 5
+                    else:
+                        end, header = bulk_end(buf, pos, n)
+                        if end < 0:
+                            break
+                        if header is not None:
+                            head, size = header, end - pos
                 elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
                     end = find(b"\r\n", pos) + 2
                     if end < 2:

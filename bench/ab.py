@@ -20,19 +20,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
-from backends.local_nodes import (
-    HOST,
-    RedisProcess,
-    find_binary,
-    free_port,
-    redis_ping,
-    wait_until,
-)
+from backends.local_nodes import find_binary
 
-from .harness import benchmark_argv, preload
-from .results import Workload, parse_benchmark_csv, select_workloads
-from .systems import REPO, System, nodes, parse_proc_stat, stop_process, tail
+from .harness import preload, run_benchmark
+from .results import Workload, select_workloads
+from .systems import REPO, System, nodes, parse_proc_stat, ringleader
 
 
 @dataclass
@@ -42,12 +36,6 @@ class Side:
     rps: list[float] = field(default_factory=list)
     user_us: list[float] = field(default_factory=list)  # per request
     sys_us: list[float] = field(default_factory=list)
-
-
-def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -71,38 +59,17 @@ def worktree(ref: str) -> Iterator[Path]:
                            check=False)
 
 
-@contextlib.contextmanager
-def proxy_from(repo: Path, node_list: Sequence[RedisProcess], name: str,
-               extra: Sequence[str]) -> Iterator[System]:
-    """``python -m router serve`` run from ``repo`` (its own code, not the installed one)."""
-    port = free_port()
-    log = Path(tempfile.gettempdir()) / f"ringleader-ab-{name}-{port}.log"
-    argv = [sys.executable, "-m", "router", "serve", "--listen", f"{HOST}:{port}",
-            "--nodes", ",".join(n.address for n in node_list), *extra]
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(argv, cwd=repo, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": str(repo)})
-    try:
-        try:
-            wait_until(lambda: redis_ping(HOST, port), 30, f"ringleader ({name})", proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{exc}; log:\n{tail(log)}") from None
-        yield System(name, port, proc=proc, cpu_of="ringleader", log=log)
-    finally:
-        stop_process(proc)
-
-
 def measure(system: System, workload: Workload, requests: int, side: Side) -> None:
+    """One redis-benchmark run (the side-by-side table's), with the proxy's user and system
+    time read apart around it."""
     assert system.pid is not None
     binary = find_binary("redis-benchmark", "apt-get install redis-tools")
-    argv = benchmark_argv(binary, system, workload, requests, 50, 100_000)
     user0, sys0 = cpu_times(system.pid)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=max(120.0, requests / 1000))
+    run = run_benchmark(binary, system, workload, requests, 50, 100_000, len(side.rps))
     user1, sys1 = cpu_times(system.pid)
-    if proc.returncode != 0:
-        raise RuntimeError(f"redis-benchmark failed: {proc.stderr.strip()[-300:]}")
-    side.rps.append(parse_benchmark_csv(proc.stdout)[-1].rps)
+    if run.error is not None:
+        raise RuntimeError(run.error)
+    side.rps.append(run.rps)
     side.user_us.append((user1 - user0) / requests * 1e6)
     side.sys_us.append((sys1 - sys0) / requests * 1e6)
 
@@ -132,17 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           flush=True)
     with contextlib.ExitStack() as stack:
         base_repo = stack.enter_context(worktree(args.base))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ringleader-ab-")))
         node_list = stack.enter_context(nodes(3))
         preload(node_list, 100_000)
-        base = stack.enter_context(proxy_from(base_repo, node_list, "base", extra))
-        cand = stack.enter_context(proxy_from(REPO, node_list, "candidate", extra))
+        base = stack.enter_context(ringleader(node_list, workdir, extra=extra, repo=base_repo))
+        cand = stack.enter_context(ringleader(node_list, workdir, extra=extra))
         for workload in workloads:
-            sides = {"base": Side(), "candidate": Side()}
+            sides = Side(), Side()
             for round_ in range(args.rounds):
-                order = [base, cand] if round_ % 2 == 0 else [cand, base]
-                for system in order:
-                    measure(system, workload, args.requests, sides[system.name])
-            print(report_line(workload, sides["base"], sides["candidate"]), flush=True)
+                order = [(base, sides[0]), (cand, sides[1])]
+                for system, side in order if round_ % 2 == 0 else reversed(order):
+                    measure(system, workload, args.requests, side)
+            print(report_line(workload, *sides), flush=True)
     return 0
 
 

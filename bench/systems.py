@@ -245,18 +245,20 @@ def ringleader_command(port: int, node_list: Sequence[RedisProcess], workers: in
 @contextlib.contextmanager
 def ringleader(node_list: Sequence[RedisProcess], workdir: Path, workers: int | None = None,
                extra: Sequence[str] = (), wrapper: Sequence[str] = (),
-               stop_signal: int = signal.SIGTERM) -> Iterator[System]:
+               stop_signal: int = signal.SIGTERM, repo: Path = REPO) -> Iterator[System]:
     """``ringleader serve`` in front of ``node_list``; stopped on exit with ``stop_signal``.
 
     ``stop_signal`` is SIGINT under cProfile, which writes its stats file only when the
-    program ends normally or by KeyboardInterrupt.
+    program ends normally or by KeyboardInterrupt. ``repo`` is the checkout whose code runs
+    (another revision's worktree, for ``bench.ab``), not whatever is installed.
     """
     port = free_port()
     log = workdir / f"ringleader-{port}.log"
     argv = ringleader_command(port, node_list, workers, extra, wrapper)
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+                                stderr=subprocess.STDOUT, cwd=repo, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(repo)})
     try:
         try:
             wait_until(lambda: redis_ping(HOST, port), 30, f"ringleader on port {port}", proc)

@@ -20,14 +20,10 @@ NULL3 = b"_\r\n"
 
 pack_command = hiredis.pack_command
 
-#: The encodings of requests of two and three arguments (GET key, SET key value: most of a
-#: proxy's traffic), filled by ``%``-formatting: a quarter cheaper than ``pack_command``.
-REQUEST_OF_2 = b"*2\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-REQUEST_OF_3 = b"*3\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-
-#: ``$<n>\r\n`` for every n below 1024: a request of two or three arguments is then one
-#: ``bytes.join`` of ready pieces (half the cost of the formatting above, which stays for
-#: longer values). ``BULK_HEADS[len(value)]`` raises IndexError past the table.
+#: ``$<n>\r\n`` for every n below 1024: a request of two or three arguments (GET key, SET
+#: key value: most of a proxy's traffic) is then one ``bytes.join`` of ready pieces, half the
+#: cost of ``pack_command``, which stays for longer values and other shapes.
+#: ``BULK_HEADS[len(value)]`` raises IndexError past the table.
 BULK_HEADS = [b"$%d\r\n" % n for n in range(1024)]
 
 #: The start of a request, up to and including its command name, by argument count and name
@@ -42,7 +38,7 @@ def request_head(count: int, name: bytes) -> bytes:
     if type(name) is not bytes:
         raise TypeError("a command name must be bytes")
     head = b"*%d\r\n$%d\r\n%b\r\n" % (count, len(name), name)
-    known = HEADS.setdefault(count, {})
+    known = HEADS[count]
     if len(known) < _MAX_HEADS:
         known[name] = head
     return head
@@ -208,6 +204,21 @@ def split_reply_array(raw: bytes) -> list[bytes] | None:
     return items
 
 
+def bulk_end(buf: bytes, pos: int, n: int) -> tuple[int, bytes | None]:
+    """End of the bulk reply at ``buf[pos]`` (a ``$``), -1 while it is not all in
+    ``buf[:n]``; and its header (``$<len>\r\n``) when it holds a value (not a null), which
+    the callers keep: a next reply starting with the same header has the same length, so
+    they frame it with one ``startswith`` and never call this (nor for ``$-1``)."""
+    nl = buf.find(CRLF, pos)
+    if nl < 0:
+        return -1, None
+    length = int(buf[pos + 1:nl])
+    if length < 0:
+        return nl + 2, None
+    end = nl + 4 + length
+    return (end, buf[pos:nl + 2]) if end <= n else (-1, None)
+
+
 def array_elements(buf: bytes, pos: int, n: int) -> tuple[int, list[bytes] | None]:
     """Frame the reply at ``buf[pos]`` and, when it is an array, cut out its elements (raw)
     in the same scan: ``(end, elements)``, ``end`` -1 while incomplete, ``elements`` None for
@@ -221,7 +232,6 @@ def array_elements(buf: bytes, pos: int, n: int) -> tuple[int, list[bytes] | Non
     count = int(buf[pos + 1:nl])
     if count < 0:
         return nl + 2, None
-    find = buf.find
     startswith = buf.startswith
     head, size = b"\0", 0  # the last value's header and length: like values need no parse
     items = []
@@ -233,18 +243,16 @@ def array_elements(buf: bytes, pos: int, n: int) -> tuple[int, list[bytes] | Non
             end = p + size
             if end > n:
                 return -1, None
-        elif buf[p] == 36:  # '$': MGET's values
-            nl = find(CRLF, p)
-            if nl < 0:
-                return -1, None
-            length = int(buf[p + 1:nl])
-            if length >= 0:
-                end = nl + 4 + length
-                head, size = buf[p:nl + 2], end - p
-            else:
-                end = nl + 2
+        elif startswith(NULL2, p):  # a missing key's null
+            end = p + 5
             if end > n:
                 return -1, None
+        elif buf[p] == 36:  # '$': MGET's values
+            end, header = bulk_end(buf, p, n)
+            if end < 0:
+                return -1, None
+            if header is not None:
+                head, size = header, end - p
         else:
             end = reply_end(buf, p, n)
             if end < 0:

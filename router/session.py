@@ -28,8 +28,6 @@ from .resp import (
     BULK_HEADS,
     CRLF,
     HEADS,
-    REQUEST_OF_2,
-    REQUEST_OF_3,
     RequestReader,
     pack_command,
     request_head,
@@ -126,14 +124,8 @@ class ClientSession:
                                 BULK_HEADS[len(c)], c, CRLF))
             else:
                 payload = pack_command(tuple(args))
-        except IndexError:  # a value of 1024 bytes or more: no ready header for it
-            try:
-                payload = (REQUEST_OF_2 % (len(a), a, len(b), b) if n == 2 else
-                           REQUEST_OF_3 % (len(a), a, len(b), b, len(c), c))
-            except TypeError:
-                payload = pack_command(tuple(args))
-        except TypeError:  # an argument a route made that is not bytes (an int, a str)
-            payload = pack_command(tuple(args))
+        except (IndexError, TypeError):  # 1024 bytes or more (no ready header for it), or an
+            payload = pack_command(tuple(args))  # argument a route made (an int, a str)
         slot = Slot(self)
         self.pending.append(slot)
         err = self.conns[node].submit(payload, slot)
